@@ -1,0 +1,3 @@
+//! Dataset readers, the built-in default dataset and the parallel multi-crop loader.
+//!
+//! Placeholder: the readers and the loader arrive with issue 4.

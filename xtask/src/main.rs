@@ -1,0 +1,202 @@
+//! `cargo xtask`: the project's entry point for users and for CI.
+//!
+//! Commands so far: `tidy` (the workspace's invariants). `pretrain` arrives with issue 6 and
+//! `linear-eval` with issue 7.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Tasks of the swav-rs workspace.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the workspace's invariants: swav-augment has no burn in its dependency tree,
+    /// library crates use no global RNG and no anyhow, every Rust file starts with `//!`.
+    Tidy,
+}
+
+/// The library crates: everything but xtask.
+const LIBRARY_CRATES: [&str; 6] = [
+    "swav-core",
+    "swav-augment",
+    "swav-data",
+    "swav-models",
+    "swav-train",
+    "swav-eval",
+];
+
+/// Calls that draw from a process-global or OS-seeded generator. Library code takes a seeded
+/// generator as an argument instead, so runs are reproducible.
+const GLOBAL_RNG_PATTERNS: [&str; 6] = [
+    "rand::rng(",
+    "thread_rng(",
+    "rand::random",
+    "from_entropy(",
+    "from_os_rng(",
+    "OsRng",
+];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Tidy => tidy(&workspace_root()?),
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask lives one level below the workspace root")
+}
+
+fn tidy(root: &Path) -> Result<()> {
+    let mut problems = Vec::new();
+    problems.extend(check_no_burn_in_augment(root)?);
+    problems.extend(check_library_sources(root)?);
+    problems.extend(check_file_headers(root)?);
+    problems.extend(check_no_anyhow_in_libraries(root)?);
+    if problems.is_empty() {
+        println!("tidy: all invariants hold");
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("tidy: {p}");
+        }
+        bail!("{} invariant violation(s)", problems.len())
+    }
+}
+
+/// `cargo tree -p swav-augment` (all edge kinds) must not mention burn.
+fn check_no_burn_in_augment(root: &Path) -> Result<Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "tree",
+            "-p",
+            "swav-augment",
+            "-e",
+            "normal,build,dev",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree -p swav-augment failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    Ok(tree
+        .lines()
+        .filter(|l| l.starts_with("burn"))
+        .map(|l| format!("swav-augment must not depend on burn, but its tree has `{l}`"))
+        .collect())
+}
+
+/// Library crates must not draw from a global or OS-seeded RNG.
+fn check_library_sources(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for krate in LIBRARY_CRATES {
+        for file in rust_files(&root.join(krate))? {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for pat in GLOBAL_RNG_PATTERNS {
+                    if code.contains(pat) {
+                        problems.push(format!(
+                            "{}:{}: library code uses a global RNG (`{pat}`); pass a seeded RNG",
+                            rel(root, &file),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Every Rust file of the workspace opens with a `//!` line saying what it holds.
+fn check_file_headers(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for krate in LIBRARY_CRATES.iter().chain(std::iter::once(&"xtask")) {
+        for file in rust_files(&root.join(krate))? {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            if !text.trim_start().starts_with("//!") {
+                problems.push(format!(
+                    "{}: does not start with a `//!` line saying what it holds",
+                    rel(root, &file)
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// `anyhow` belongs to binaries and xtask; library crates return `thiserror` errors.
+fn check_no_anyhow_in_libraries(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for krate in LIBRARY_CRATES {
+        let manifest = root.join(krate).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        let mut section = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                section = t.to_string();
+            } else if section == "[dependencies]" && t.starts_with("anyhow") {
+                problems.push(format!(
+                    "{}: library crate depends on anyhow; use a thiserror enum",
+                    rel(root, &manifest)
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(_) => continue,
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                if name != "target" && !name.starts_with('.') {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn rel(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).display().to_string()
+}
