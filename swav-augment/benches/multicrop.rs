@@ -25,7 +25,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("multicrop_1core");
     group.sample_size(30);
     for (name, preset, (w, h)) in [
-        ("swav_2x224_6x96_500x375", MultiCropConfig::swav_2x224_6x96(), (500, 375)),
+        (
+            "swav_2x224_6x96_500x375",
+            MultiCropConfig::swav_2x224_6x96(),
+            (500, 375),
+        ),
         ("cifar_2x32_32x32", MultiCropConfig::cifar(), (32, 32)),
     ] {
         let mc = MultiCrop::new(preset).expect("preset");
@@ -37,12 +41,61 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 index += 1;
                 let mut rng = sample_rng(31, 0, index);
-                let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|v| v.as_mut_slice()).collect();
+                let mut slices: Vec<&mut [f32]> =
+                    bufs.iter_mut().map(|v| v.as_mut_slice()).collect();
                 mc.apply_into(&img, &mut rng, &mut slices).expect("crops");
             })
         });
     }
     group.finish();
+
+    // Each transform alone on a 224 x 224 crop, to see where the time goes.
+    let img = synthetic(224, 224);
+    let mut ops = c.benchmark_group("transform_224");
+    ops.sample_size(30);
+    type Op = Box<dyn Fn(&mut RgbImage)>;
+    let list: Vec<(&str, Op)> = vec![
+        (
+            "brightness",
+            Box::new(|i| swav_augment::adjust_brightness(i, 1.3)),
+        ),
+        (
+            "contrast",
+            Box::new(|i| swav_augment::adjust_contrast(i, 1.3)),
+        ),
+        (
+            "saturation",
+            Box::new(|i| swav_augment::adjust_saturation(i, 1.3)),
+        ),
+        ("hue", Box::new(|i| swav_augment::adjust_hue(i, 0.1))),
+        ("grayscale", Box::new(swav_augment::to_grayscale)),
+        (
+            "pil_blur_sigma1",
+            Box::new(|i| swav_augment::pil_gaussian_blur(i, 1.0)),
+        ),
+        ("hflip", Box::new(swav_augment::hflip)),
+    ];
+    for (name, op) in list {
+        ops.bench_function(name, |b| {
+            b.iter_batched_ref(|| img.clone(), |i| op(i), criterion::BatchSize::SmallInput)
+        });
+    }
+    let src = synthetic(500, 375);
+    let crop = swav_augment::CropBox {
+        top: 20,
+        left: 30,
+        height: 300,
+        width: 400,
+    };
+    ops.bench_function("resized_crop_400x300_to_224", |b| {
+        b.iter(|| swav_augment::resized_crop(&src, crop, 224, 224).expect("resize"))
+    });
+    let norm = swav_augment::Normalize::SWAV;
+    let mut out = vec![0f32; 3 * 224 * 224];
+    ops.bench_function("normalize_chw", |b| {
+        b.iter(|| norm.write_chw(&img, &mut out).expect("size"))
+    });
+    ops.finish();
 }
 
 criterion_group! {

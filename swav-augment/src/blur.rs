@@ -23,33 +23,96 @@ fn extended_box_radius(sigma: f32, passes: u32) -> f32 {
     l + a
 }
 
-/// One pass of PIL's extended box blur over a line of `n` values spaced `stride` apart in
-/// `data` (channel `c` of a row or a column). Each output is
-/// `(ww * sum of the 2r+1 nearest inputs + fw * (the two next ones) + 2^23) >> 24`, with the
-/// edge value repeated beyond the ends; the weights are 24-bit fixed point.
-fn box_line(
-    data: &mut [u8],
-    start: usize,
-    stride: usize,
-    n: usize,
-    radius: f32,
-    tmp: &mut Vec<u8>,
-) {
-    let r = radius as i64;
+/// The 24-bit fixed-point weights of one extended box pass: `ww` for the 2r+1 inner taps and
+/// `fw` for the two fractional end taps, computed as PIL does.
+fn box_weights(radius: f32) -> (usize, u32, u32) {
+    let r = radius as usize;
     let ww = ((1u32 << 24) as f32 / (radius * 2.0 + 1.0)) as u32;
     let fw = ((1u32 << 24) - (r as u32 * 2 + 1) * ww) / 2;
-    tmp.clear();
-    tmp.extend((0..n).map(|i| data[start + i * stride]));
-    let last = n as i64 - 1;
-    let at = |i: i64| tmp[i.clamp(0, last) as usize] as u32;
-    // Running sum of the window [x - r, x + r], edge-clamped.
-    let mut acc: u32 = (-r..=r).map(at).sum();
-    for x in 0..n as i64 {
-        if x > 0 {
-            acc = acc + at(x + r) - at(x - r - 1);
+    (r, ww, fw)
+}
+
+/// One horizontal pass of PIL's extended box blur over every row of an interleaved RGB image.
+/// Each output is `(ww * sum of the 2r+1 nearest inputs + fw * (the two next ones) + 2^23)
+/// >> 24`, with the edge pixel repeated beyond the ends.
+fn box_pass_rows(data: &mut [u8], w: usize, radius: f32, line: &mut Vec<u8>) {
+    let (r, ww, fw) = box_weights(radius);
+    let pad = r + 1;
+    for row in data.chunks_exact_mut(w * 3) {
+        // The row with `pad` copies of its edge pixels on each side: no clamping in the loop.
+        line.clear();
+        for _ in 0..pad {
+            line.extend_from_slice(&row[..3]);
         }
-        let bulk = acc * ww + (at(x - r - 1) + at(x + r + 1)) * fw;
-        data[start + x as usize * stride] = ((bulk + (1 << 23)) >> 24) as u8;
+        line.extend_from_slice(row);
+        for _ in 0..pad {
+            line.extend_from_slice(&row[(w - 1) * 3..]);
+        }
+        // The three channels advance together: one pass over the line, three accumulators.
+        let mut acc = [0u32; 3];
+        for i in 1..=2 * r + 1 {
+            for c in 0..3 {
+                acc[c] += line[i * 3 + c] as u32;
+            }
+        }
+        for (x, out) in row.chunks_exact_mut(3).enumerate() {
+            // Output x's window covers padded positions x + 1 ..= x + 2r + 1.
+            let before = &line[x * 3..x * 3 + 3];
+            let after = &line[(x + 2 * r + 2) * 3..(x + 2 * r + 3) * 3];
+            if x > 0 {
+                let entering = &line[(x + 2 * r + 1) * 3..(x + 2 * r + 2) * 3];
+                for c in 0..3 {
+                    acc[c] = acc[c] + entering[c] as u32 - before[c] as u32;
+                }
+            }
+            for c in 0..3 {
+                let bulk = acc[c] * ww + (before[c] as u32 + after[c] as u32) * fw;
+                out[c] = ((bulk + (1 << 23)) >> 24) as u8;
+            }
+        }
+    }
+}
+
+/// One vertical pass, the same arithmetic down the columns, processed a row at a time (all
+/// columns together) so memory is read in order.
+fn box_pass_cols(
+    data: &mut [u8],
+    w: usize,
+    h: usize,
+    radius: f32,
+    src: &mut Vec<u8>,
+    acc: &mut Vec<u32>,
+) {
+    let (r, ww, fw) = box_weights(radius);
+    let stride = w * 3;
+    src.clear();
+    src.extend_from_slice(data);
+    let src: &[u8] = src;
+    let row = |y: isize| -> &[u8] {
+        let y = y.clamp(0, h as isize - 1) as usize;
+        &src[y * stride..(y + 1) * stride]
+    };
+    acc.clear();
+    acc.resize(stride, 0);
+    let r = r as isize;
+    for t in -r..=r {
+        for (a, &v) in acc.iter_mut().zip(row(t)) {
+            *a += v as u32;
+        }
+    }
+    for y in 0..h as isize {
+        if y > 0 {
+            let (add, sub) = (row(y + r), row(y - r - 1));
+            for ((a, &p), &m) in acc.iter_mut().zip(add).zip(sub) {
+                *a = *a + p as u32 - m as u32;
+            }
+        }
+        let (before, after) = (row(y - r - 1), row(y + r + 1));
+        let out = &mut data[y as usize * stride..(y as usize + 1) * stride];
+        for (((o, &a), &b), &e) in out.iter_mut().zip(acc.iter()).zip(before).zip(after) {
+            let bulk = a * ww + (b as u32 + e as u32) * fw;
+            *o = ((bulk + (1 << 23)) >> 24) as u8;
+        }
     }
 }
 
@@ -64,21 +127,17 @@ pub fn pil_gaussian_blur(image: &mut RgbImage, radius: f64) {
         return;
     }
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let data: &mut [u8] = image;
-    let mut tmp = Vec::with_capacity(w.max(h));
-    for _ in 0..3 {
-        for y in 0..h {
-            for c in 0..3 {
-                box_line(data, y * w * 3 + c, 3, w, box_r, &mut tmp);
-            }
-        }
+    if w == 0 || h == 0 {
+        return;
     }
+    let data: &mut [u8] = image;
+    let mut line = Vec::with_capacity((w + 2 * box_r as usize + 4) * 3);
     for _ in 0..3 {
-        for x in 0..w {
-            for c in 0..3 {
-                box_line(data, x * 3 + c, w * 3, h, box_r, &mut tmp);
-            }
-        }
+        box_pass_rows(data, w, box_r, &mut line);
+    }
+    let (mut src, mut acc) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        box_pass_cols(data, w, h, box_r, &mut src, &mut acc);
     }
 }
 

@@ -13,8 +13,8 @@ mod transform;
 pub use blur::{BlurKind, GaussianBlur, gaussian_kernel, kernel_gaussian_blur, pil_gaussian_blur};
 pub use color::{
     ColorJitter, ColorOp, JitterParams, RandomGrayscale, RandomSolarize, adjust_brightness,
-    adjust_contrast, adjust_hue, adjust_saturation, hsv_to_rgb, luma, rgb_to_hsv, solarize,
-    to_grayscale,
+    adjust_contrast, adjust_hue, adjust_saturation, hsv_to_rgb, luma, rgb_to_hsv, shift_hue_pixel,
+    solarize, to_grayscale,
 };
 pub use error::AugmentError;
 pub use geometry::{

@@ -270,3 +270,24 @@ fn configs_round_trip_through_serde() {
         vec![224, 224, 96, 96, 96, 96, 96, 96]
     );
 }
+
+#[test]
+fn table_hue_shift_equals_the_reference_conversion_for_every_colour() {
+    // Every 3rd value of each channel (~620k colours) and several shifts: the fast path of
+    // adjust_hue must equal rgb_to_hsv -> shift -> hsv_to_rgb bit for bit.
+    for shift in [0u8, 1, 25, 51, 128, 204, 230, 255] {
+        for r in (0..=255u8).step_by(3) {
+            for g in (0..=255u8).step_by(3) {
+                for b in (0..=255u8).step_by(3) {
+                    let [h, s, v] = swav_augment::rgb_to_hsv(r, g, b);
+                    let want = swav_augment::hsv_to_rgb(h.wrapping_add(shift), s, v);
+                    assert_eq!(
+                        swav_augment::shift_hue_pixel(r, g, b, shift),
+                        want,
+                        "({r}, {g}, {b}) shift {shift}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -114,6 +114,11 @@ out["jitter"] = jitter
 # PIL's radius form, as the original SwAV's PILRandomGaussianBlur calls it.
 out["pil_blur"] = [{"radius": r, "out": enc(img.filter(ImageFilter.GaussianBlur(radius=r)))}
                    for r in [0.1, 0.5, 1.0, 1.7, 2.0, 5.0]]
+# Radii larger than a tiny image: the edge pixel is repeated beyond the ends.
+tiny = make_image(5, 3)
+out["tiny"] = enc(tiny)
+out["pil_blur_tiny"] = [{"radius": r, "out": enc(tiny.filter(ImageFilter.GaussianBlur(radius=r)))}
+                        for r in [0.7, 2.0, 6.0]]
 # torchvision's kernel form.
 out["kernel_blur"] = [{"kernel_size": k, "sigma": s,
                        "out": enc(F.gaussian_blur(img, [k, k], [s, s]))}
