@@ -155,7 +155,10 @@ pub fn sinkhorn<R: AllReduce>(scores: Tensor<2>, config: &SinkhornConfig, reduce
     let max = reduce.max(scores.clone().max()).reshape([1, 1]);
     // (s - max) / eps as s * (1 / eps) - max / eps: one pass fewer over the big matrix.
     let inv_eps = 1.0 / config.epsilon;
-    let q = scores.mul_scalar(inv_eps).sub(max.mul_scalar(inv_eps)).exp(); // [B, K]
+    let q = scores
+        .mul_scalar(inv_eps)
+        .sub(max.mul_scalar(inv_eps))
+        .exp(); // [B, K]
     // Zero padding is inert: padded prototypes and samples have zero sums, which stay zero.
     let mut q = pad_to_blocks(q);
 
