@@ -101,11 +101,21 @@ fn check_no_burn_in_augment(root: &Path) -> Result<Vec<String>> {
         );
     }
     let tree = String::from_utf8_lossy(&out.stdout);
-    Ok(tree
+    let mut burn: Vec<&str> = tree
         .lines()
         .filter(|l| l.starts_with("burn"))
-        .map(|l| format!("swav-augment must not depend on burn, but its tree has `{l}`"))
-        .collect())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    burn.sort_unstable();
+    burn.dedup();
+    Ok(if burn.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "swav-augment must not depend on burn, but its dependency tree has {}",
+            burn.join(", ")
+        )]
+    })
 }
 
 /// Library crates must not draw from a global or OS-seeded RNG.
