@@ -32,49 +32,10 @@ fn box_weights(radius: f32) -> (usize, u32, u32) {
     (r, ww, fw)
 }
 
-/// One horizontal pass of PIL's extended box blur over every row of an interleaved RGB image.
-/// Each output is `(ww * sum of the 2r+1 nearest inputs + fw * (the two next ones) + 2^23)
-/// >> 24`, with the edge pixel repeated beyond the ends.
-fn box_pass_rows(data: &mut [u8], w: usize, radius: f32, line: &mut Vec<u8>) {
-    let (r, ww, fw) = box_weights(radius);
-    let pad = r + 1;
-    for row in data.chunks_exact_mut(w * 3) {
-        // The row with `pad` copies of its edge pixels on each side: no clamping in the loop.
-        line.clear();
-        for _ in 0..pad {
-            line.extend_from_slice(&row[..3]);
-        }
-        line.extend_from_slice(row);
-        for _ in 0..pad {
-            line.extend_from_slice(&row[(w - 1) * 3..]);
-        }
-        // The three channels advance together: one pass over the line, three accumulators.
-        let mut acc = [0u32; 3];
-        for i in 1..=2 * r + 1 {
-            for c in 0..3 {
-                acc[c] += line[i * 3 + c] as u32;
-            }
-        }
-        for (x, out) in row.chunks_exact_mut(3).enumerate() {
-            // Output x's window covers padded positions x + 1 ..= x + 2r + 1.
-            let before = &line[x * 3..x * 3 + 3];
-            let after = &line[(x + 2 * r + 2) * 3..(x + 2 * r + 3) * 3];
-            if x > 0 {
-                let entering = &line[(x + 2 * r + 1) * 3..(x + 2 * r + 2) * 3];
-                for c in 0..3 {
-                    acc[c] = acc[c] + entering[c] as u32 - before[c] as u32;
-                }
-            }
-            for c in 0..3 {
-                let bulk = acc[c] * ww + (before[c] as u32 + after[c] as u32) * fw;
-                out[c] = ((bulk + (1 << 23)) >> 24) as u8;
-            }
-        }
-    }
-}
-
-/// One vertical pass, the same arithmetic down the columns, processed a row at a time (all
-/// columns together) so memory is read in order.
+/// One pass of PIL's extended box blur down the columns of an interleaved RGB image. Each
+/// output is `(ww * sum of the 2r+1 nearest inputs + fw * (the two next ones) + 2^23) >> 24`,
+/// with the edge row repeated beyond the ends; rows are processed one at a time (all columns
+/// together) so memory is read in order.
 fn box_pass_cols(
     data: &mut [u8],
     w: usize,
@@ -131,13 +92,33 @@ pub fn pil_gaussian_blur(image: &mut RgbImage, radius: f64) {
         return;
     }
     let data: &mut [u8] = image;
-    let mut line = Vec::with_capacity((w + 2 * box_r as usize + 4) * 3);
-    for _ in 0..3 {
-        box_pass_rows(data, w, box_r, &mut line);
-    }
+    // PIL blurs rows by transposing and running its line filter; we do the converse: the
+    // column pass (row-at-a-time, vectorisable) on the transposed image blurs the rows.
     let (mut src, mut acc) = (Vec::new(), Vec::new());
+    let mut t = vec![0u8; data.len()];
+    transpose_rgb(data, w, h, &mut t);
+    for _ in 0..3 {
+        box_pass_cols(&mut t, h, w, box_r, &mut src, &mut acc);
+    }
+    transpose_rgb(&t, h, w, data);
     for _ in 0..3 {
         box_pass_cols(data, w, h, box_r, &mut src, &mut acc);
+    }
+}
+
+/// Transposes an interleaved RGB image of `w x h` pixels into `out` (`h x w`).
+fn transpose_rgb(src: &[u8], w: usize, h: usize, out: &mut [u8]) {
+    const TILE: usize = 16;
+    for y0 in (0..h).step_by(TILE) {
+        for x0 in (0..w).step_by(TILE) {
+            for y in y0..(y0 + TILE).min(h) {
+                for x in x0..(x0 + TILE).min(w) {
+                    let s = (y * w + x) * 3;
+                    let d = (x * h + y) * 3;
+                    out[d..d + 3].copy_from_slice(&src[s..s + 3]);
+                }
+            }
+        }
     }
 }
 
