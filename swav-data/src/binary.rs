@@ -62,7 +62,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
 }
 
 fn check_records(path: &Path, size: u64, record: u64, what: &str) -> Result<u64, DataError> {
-    if size == 0 || size % record != 0 {
+    if size == 0 || !size.is_multiple_of(record) {
         return Err(DataError::BadFileSize {
             path: path.to_path_buf(),
             size,

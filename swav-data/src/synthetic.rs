@@ -54,7 +54,7 @@ impl Shapes10 {
     /// Renders sample `index`.
     pub fn render(&self, index: usize) -> (RgbImage, usize) {
         let label = index % SHAPES10_CLASSES.len();
-        let mut rng = sample_rng(self.seed ^ 0x5348_4150_4531_30, self.split, index as u64);
+        let mut rng = sample_rng(self.seed ^ 0x0053_4841_5045_3130, self.split, index as u64);
         (render(label, &mut rng), label)
     }
 }
