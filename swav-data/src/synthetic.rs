@@ -85,7 +85,8 @@ fn inside(label: usize, u: f32, v: f32, p: &[f32; 3]) -> bool {
         2 => v <= 0.7 && v >= -0.9 + 1.6 * u.abs() * 1.1,
         3 => (0.6..=1.0).contains(&r),
         4 => (u.abs() <= 0.25 && v.abs() <= 1.0) || (v.abs() <= 0.25 && u.abs() <= 1.0),
-        5 => ((u - v).abs() <= 0.3 || (u + v).abs() <= 0.3) && u.abs() <= 0.8 && v.abs() <= 0.8,
+        // (A diagonal cross would be the plus rotated: every shape is drawn at a random angle.)
+        5 => r <= 1.0 && v >= 0.0,
         6 => u.abs() <= 1.0 && v.abs() <= 1.0 && ((v * p[0] + p[1]).rem_euclid(2.0) < 1.0),
         7 => {
             u.abs() <= 1.0
