@@ -62,17 +62,21 @@ fn box_pass_cols(
         }
     }
     for y in 0..h as isize {
-        if y > 0 {
-            let (add, sub) = (row(y + r), row(y - r - 1));
-            for ((a, &p), &m) in acc.iter_mut().zip(add).zip(sub) {
-                *a = *a + p as u32 - m as u32;
-            }
-        }
         let (before, after) = (row(y - r - 1), row(y + r + 1));
         let out = &mut data[y as usize * stride..(y as usize + 1) * stride];
-        for (((o, &a), &b), &e) in out.iter_mut().zip(acc.iter()).zip(before).zip(after) {
-            let bulk = a * ww + (b as u32 + e as u32) * fw;
-            *o = ((bulk + (1 << 23)) >> 24) as u8;
+        if y == 0 {
+            for (((o, &a), &b), &e) in out.iter_mut().zip(acc.iter()).zip(before).zip(after) {
+                *o = ((a * ww + (b as u32 + e as u32) * fw + (1 << 23)) >> 24) as u8;
+            }
+            continue;
+        }
+        // The window moves down one row: add row y + r, remove row y - r - 1 (= `before`).
+        let add = row(y + r);
+        let acc = &mut acc[..stride];
+        for i in 0..stride {
+            let a = acc[i] + add[i] as u32 - before[i] as u32;
+            acc[i] = a;
+            out[i] = ((a * ww + (before[i] as u32 + after[i] as u32) * fw + (1 << 23)) >> 24) as u8;
         }
     }
 }
@@ -92,18 +96,26 @@ pub fn pil_gaussian_blur(image: &mut RgbImage, radius: f64) {
         return;
     }
     let data: &mut [u8] = image;
-    // PIL blurs rows by transposing and running its line filter; we do the converse: the
-    // column pass (row-at-a-time, vectorisable) on the transposed image blurs the rows.
-    let (mut src, mut acc) = (Vec::new(), Vec::new());
-    let mut t = vec![0u8; data.len()];
-    transpose_rgb(data, w, h, &mut t);
-    for _ in 0..3 {
-        box_pass_cols(&mut t, h, w, box_r, &mut src, &mut acc);
+    // Scratch buffers live per thread between calls (a cache; results do not depend on it).
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>, Vec<u32>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
     }
-    transpose_rgb(&t, h, w, data);
-    for _ in 0..3 {
-        box_pass_cols(data, w, h, box_r, &mut src, &mut acc);
-    }
+    SCRATCH.with(|cell| {
+        let (t, src, acc) = &mut *cell.borrow_mut();
+        // PIL blurs rows by transposing and running its line filter; we do the converse: the
+        // column pass (row-at-a-time, vectorisable) on the transposed image blurs the rows.
+        t.clear();
+        t.resize(data.len(), 0);
+        transpose_rgb(data, w, h, t);
+        for _ in 0..3 {
+            box_pass_cols(t, h, w, box_r, src, acc);
+        }
+        transpose_rgb(t, h, w, data);
+        for _ in 0..3 {
+            box_pass_cols(data, w, h, box_r, src, acc);
+        }
+    });
 }
 
 /// Transposes an interleaved RGB image of `w x h` pixels into `out` (`h x w`).

@@ -74,24 +74,24 @@ pub fn adjust_contrast(image: &mut RgbImage, factor: f64) {
 }
 
 /// torchvision `adjust_saturation` (PIL `ImageEnhance.Color`): blend each pixel with its luma.
+///
+/// PIL computes `l + alpha * (v - l)` in f32 with the difference taken in integers; the
+/// difference of two bytes is exact in f32, so the flat loop below (vectorisable: the luma of
+/// each pixel is first spread over its three values) gives the same bits.
 pub fn adjust_saturation(image: &mut RgbImage, factor: f64) {
+    const PIXELS: usize = 64;
     let a = factor as f32;
-    // Two loops, so the clipping choice is made once rather than per value.
-    if (0.0..=1.0).contains(&a) {
-        for p in image.chunks_exact_mut(3) {
-            let l = luma(p[0], p[1], p[2]) as i32;
-            let lf = l as f32;
-            for v in p.iter_mut() {
-                *v = (lf + a * ((*v as i32 - l) as f32)) as u8;
-            }
+    let data: &mut [u8] = image;
+    // Blocks of 64 pixels: their lumas spread over a stack buffer, then one flat loop.
+    let mut lum = [0f32; 3 * PIXELS];
+    for block in data.chunks_mut(3 * PIXELS) {
+        for (l3, p) in lum.chunks_exact_mut(3).zip(block.chunks_exact(3)) {
+            l3.fill(luma(p[0], p[1], p[2]) as f32);
         }
-    } else {
-        for p in image.chunks_exact_mut(3) {
-            let l = luma(p[0], p[1], p[2]) as i32;
-            let lf = l as f32;
-            for v in p.iter_mut() {
-                *v = finish_blend(lf + a * ((*v as i32 - l) as f32), false);
-            }
+        // PIL truncates inside [0, 1] and clips to [0, 255] then truncates outside it; Rust's
+        // saturating `as u8` does both.
+        for (v, &l) in block.iter_mut().zip(&lum) {
+            *v = (l + a * (*v as f32 - l)) as u8;
         }
     }
 }
@@ -232,45 +232,17 @@ impl HueTables {
         TABLES.get_or_init(Self::build)
     }
 
-    /// [`rgb_to_hsv`], shift the hue, [`hsv_to_rgb`].
+    /// [`hsv_to_rgb`] with the per-hue and per-saturation terms from the tables.
     #[inline]
-    fn shift(&self, r: u8, g: u8, b: u8, shift: u8) -> [u8; 3] {
-        let maxc = r.max(g).max(b);
-        let minc = r.min(g).min(b);
-        if maxc == minc {
-            // Hue 0 and saturation 0: the shift cannot change a gray pixel.
-            return [maxc, maxc, maxc];
-        }
-        let cr = (maxc - minc) as usize;
-        let row = &self.ratio[cr * 256..cr * 256 + 256];
-        let rc = row[(maxc - r) as usize];
-        let gc = row[(maxc - g) as usize];
-        let bc = row[(maxc - b) as usize];
-        let h = if r == maxc {
-            bc - gc
-        } else if g == maxc {
-            (2.0 + rc as f64 - bc as f64) as f32
-        } else {
-            (4.0 + gc as f64 - rc as f64) as f32
-        };
-        // PIL divides by 6; multiplying by 1/6 gives the same 8-bit hue for every value `h`
-        // can take here (checked exhaustively over all (cr, d1, d2) when this was written:
-        // 0 of 16,875,645 differ), and a multiplication is several times cheaper.
-        let x = h as f64 * (1.0 / 6.0) + 1.0;
-        let h = (x - (x >= 1.0) as u8 as f64) as f32;
-        let uh = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
-        let us = self.saturation[cr * 256 + maxc as usize];
-        if us == 0 {
-            return [maxc, maxc, maxc];
-        }
-        let h = uh.wrapping_add(shift) as usize;
-        let (f, fs, vf) = (self.frac[h], self.fs[us as usize], maxc as f32 as f64);
-        let p = self.p[us as usize * 256 + maxc as usize];
+    fn to_rgb(&self, h: u8, s: u8, v: u8) -> [u8; 3] {
+        let (f, fs, vf) = (self.frac[h as usize], self.fs[s as usize], v as f32 as f64);
+        let p = self.p[s as usize * 256 + v as usize];
         let q = c_round(vf * (1.0 - (fs * f) as f64)).clamp(0, 255) as u8;
         let t = c_round(vf * (1.0 - fs as f64 * (1.0 - f as f64))).clamp(0, 255) as u8;
-        let vals = [maxc, p, q, t];
-        let idx = SEXTANT[self.sextant[h] as usize];
-        [vals[idx[0]], vals[idx[1]], vals[idx[2]]]
+        let vals = [v, p, q, t];
+        let idx = SEXTANT[self.sextant[h as usize] as usize];
+        let rgb = [vals[idx[0]], vals[idx[1]], vals[idx[2]]];
+        if s == 0 { [v, v, v] } else { rgb }
     }
 }
 
@@ -278,11 +250,17 @@ impl HueTables {
 /// compare it with [`rgb_to_hsv`] and [`hsv_to_rgb`]).
 #[doc(hidden)]
 pub fn shift_hue_pixel(r: u8, g: u8, b: u8, shift: u8) -> [u8; 3] {
-    HueTables::get().shift(r, g, b, shift)
+    let t = HueTables::get();
+    let [h, s, v] = hsv_branch_free(t, r, g, b);
+    t.to_rgb(h.wrapping_add(shift), s, v)
 }
 
 /// torchvision `adjust_hue` on a PIL image: convert to HSV, add `int(hue * 255)` (truncated
 /// toward zero) to the hue channel modulo 256, convert back.
+///
+/// Works on blocks of pixels in stages (a branch-free RGB to HSV over the block, then the
+/// shift and HSV to RGB), which the compiler vectorises; every stage is the arithmetic of
+/// [`rgb_to_hsv`] and [`hsv_to_rgb`] (checked against them in the tests).
 ///
 /// # Panics
 /// If `hue` is outside [-0.5, 0.5] (torchvision raises there too).
@@ -295,9 +273,50 @@ pub fn adjust_hue(image: &mut RgbImage, hue: f64) {
     // arithmetic; torchvision does the round trip too, so the results match.
     let shift = ((hue * 255.0) as i32) as u8;
     let tables = HueTables::get();
-    for p in image.chunks_exact_mut(3) {
-        p.copy_from_slice(&tables.shift(p[0], p[1], p[2], shift));
+    const N: usize = 64;
+    let data: &mut [u8] = image;
+    let (mut hh, mut ss, mut vv) = ([0u8; N], [0u8; N], [0u8; N]);
+    for block in data.chunks_mut(3 * N) {
+        let n = block.len() / 3;
+        for (i, p) in block.chunks_exact(3).enumerate() {
+            let [h, s, v] = hsv_branch_free(tables, p[0], p[1], p[2]);
+            hh[i] = h;
+            ss[i] = s;
+            vv[i] = v;
+        }
+        for (i, p) in block.chunks_exact_mut(3).enumerate().take(n) {
+            p.copy_from_slice(&tables.to_rgb(hh[i].wrapping_add(shift), ss[i], vv[i]));
+        }
     }
+}
+
+/// [`rgb_to_hsv`] without branches: every candidate is computed and one is selected.
+#[inline]
+fn hsv_branch_free(t: &HueTables, r: u8, g: u8, b: u8) -> [u8; 3] {
+    let maxc = r.max(g).max(b);
+    let minc = r.min(g).min(b);
+    let cr = (maxc - minc) as usize;
+    // With cr = 0 (gray) the table row 0 holds zeros, and the result is forced below.
+    let row = &t.ratio[cr * 256..cr * 256 + 256];
+    let rc = row[(maxc - r) as usize];
+    let gc = row[(maxc - g) as usize];
+    let bc = row[(maxc - b) as usize];
+    let h_r = bc - gc;
+    let h_g = (2.0 + rc as f64 - bc as f64) as f32;
+    let h_b = (4.0 + gc as f64 - rc as f64) as f32;
+    let h = if r == maxc {
+        h_r
+    } else if g == maxc {
+        h_g
+    } else {
+        h_b
+    };
+    let x = h as f64 * (1.0 / 6.0) + 1.0;
+    let h = (x - (x >= 1.0) as u8 as f64) as f32;
+    let uh = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
+    let gray = cr == 0;
+    let us = t.saturation[cr * 256 + maxc as usize];
+    [if gray { 0 } else { uh }, if gray { 0 } else { us }, maxc]
 }
 
 /// torchvision `rgb_to_grayscale(img, 3)`: PIL luma copied to the three channels.

@@ -116,8 +116,13 @@ pub fn resized_crop(
         .map_err(|e| AugmentError::Resize(format!("crop {crop:?}: {e}")))?;
     let mut dst = Image::new(out_width, out_height, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    Resizer::new()
-        .resize(&view, &mut dst, &options)
+    // One resizer per thread keeps its scratch buffers between calls (a cache, not state that
+    // changes results).
+    thread_local! {
+        static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
+    }
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&view, &mut dst, &options))
         .map_err(|e| AugmentError::Resize(e.to_string()))?;
     RgbImage::from_raw(out_width, out_height, dst.into_vec())
         .ok_or_else(|| AugmentError::Resize("resizer returned a buffer of the wrong size".into()))

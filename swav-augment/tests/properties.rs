@@ -275,6 +275,30 @@ fn configs_round_trip_through_serde() {
 fn table_hue_shift_equals_the_reference_conversion_for_every_colour() {
     // Every 3rd value of each channel (~620k colours) and several shifts: the fast path of
     // adjust_hue must equal rgb_to_hsv -> shift -> hsv_to_rgb bit for bit.
+    // The image path (blocks of pixels) on an image holding all those colours.
+    let colours: Vec<[u8; 3]> = (0..=255u8)
+        .step_by(3)
+        .flat_map(|r| {
+            (0..=255u8)
+                .step_by(3)
+                .flat_map(move |g| (0..=255u8).step_by(3).map(move |b| [r, g, b]))
+        })
+        .collect();
+    let side = (colours.len() as f64).sqrt().ceil() as u32;
+    let mut img = RgbImage::from_fn(side, side, |x, y| {
+        Rgb(*colours.get((y * side + x) as usize).unwrap_or(&[0, 0, 0]))
+    });
+    let original = img.clone();
+    swav_augment::adjust_hue(&mut img, 0.1);
+    for (o, p) in original.pixels().zip(img.pixels()) {
+        let [h, s, v] = swav_augment::rgb_to_hsv(o.0[0], o.0[1], o.0[2]);
+        assert_eq!(
+            p.0,
+            swav_augment::hsv_to_rgb(h.wrapping_add(25), s, v),
+            "pixel {:?}",
+            o.0
+        );
+    }
     for shift in [0u8, 1, 25, 51, 128, 204, 230, 255] {
         for r in (0..=255u8).step_by(3) {
             for g in (0..=255u8).step_by(3) {
