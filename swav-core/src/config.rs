@@ -298,6 +298,12 @@ impl SwavConfig {
         effective_queue_length(self.queue_length, self.batch_size, self.world_size)
     }
 
+    /// Whether the queue exists during `epoch` (0-based): a queue length is set and the epoch
+    /// has reached `epoch_queue_starts`. (It is *used* only once also full.)
+    pub fn queue_active(&self, epoch: usize) -> bool {
+        self.queue_length > 0 && epoch >= self.epoch_queue_starts
+    }
+
     /// `(base_lr, final_lr, start_warmup)` after the optional batch-size scaling rule.
     pub fn learning_rates(&self) -> (f64, f64, f64) {
         let s = if self.scale_lr_by_batch {

@@ -152,6 +152,14 @@ fn presets_are_valid_and_match_the_recipes() {
 }
 
 #[test]
+fn the_queue_starts_at_its_epoch() {
+    let c = SwavConfig::imagenet_bs256();
+    assert!(!c.queue_active(14));
+    assert!(c.queue_active(15));
+    assert!(!SwavConfig::imagenet_800ep().queue_active(500), "no queue in the headline run");
+}
+
+#[test]
 fn lr_scaling_rule_is_optional() {
     let mut c = SwavConfig::imagenet_bs256();
     assert_eq!(c.learning_rates().0, 0.6);
