@@ -96,6 +96,23 @@ pub fn adjust_saturation(image: &mut RgbImage, factor: f64) {
     }
 }
 
+/// PIL's hue in sextant units, before wrapping: from the channel ratios `(maxc - c) / cr`,
+/// the formula of whichever channel is the maximum (red first, then green). All three
+/// candidates are computed and one is selected, which compiles to conditional moves.
+#[inline]
+fn select_hue(r: u8, g: u8, maxc: u8, rc: f32, gc: f32, bc: f32) -> f32 {
+    let h_r = bc - gc;
+    let h_g = (2.0 + rc as f64 - bc as f64) as f32;
+    let h_b = (4.0 + gc as f64 - rc as f64) as f32;
+    if r == maxc {
+        h_r
+    } else if g == maxc {
+        h_g
+    } else {
+        h_b
+    }
+}
+
 /// PIL's RGB to HSV of one pixel (each channel 0-255), as `Image.convert("HSV")`.
 ///
 /// The arithmetic (which steps are f32 and which f64) follows PIL's C code exactly. All three
@@ -113,16 +130,7 @@ pub fn rgb_to_hsv(r: u8, g: u8, b: u8) -> [u8; 3] {
     let rc = (maxc - r) as f32 / cr;
     let gc = (maxc - g) as f32 / cr;
     let bc = (maxc - b) as f32 / cr;
-    let h_r = bc - gc;
-    let h_g = (2.0 + rc as f64 - bc as f64) as f32;
-    let h_b = (4.0 + gc as f64 - rc as f64) as f32;
-    let h = if r == maxc {
-        h_r
-    } else if g == maxc {
-        h_g
-    } else {
-        h_b
-    };
+    let h = select_hue(r, g, maxc, rc, gc, bc);
     // fmod(h / 6 + 1, 1): the argument lies in [5/6, 11/6), where subtracting 1 is exact.
     let x = h as f64 / 6.0 + 1.0;
     let h = (x - (x >= 1.0) as u8 as f64) as f32;
@@ -301,16 +309,7 @@ fn hsv_branch_free(t: &HueTables, r: u8, g: u8, b: u8) -> [u8; 3] {
     let rc = row[(maxc - r) as usize];
     let gc = row[(maxc - g) as usize];
     let bc = row[(maxc - b) as usize];
-    let h_r = bc - gc;
-    let h_g = (2.0 + rc as f64 - bc as f64) as f32;
-    let h_b = (4.0 + gc as f64 - rc as f64) as f32;
-    let h = if r == maxc {
-        h_r
-    } else if g == maxc {
-        h_g
-    } else {
-        h_b
-    };
+    let h = select_hue(r, g, maxc, rc, gc, bc);
     let x = h as f64 * (1.0 / 6.0) + 1.0;
     let h = (x - (x >= 1.0) as u8 as f64) as f32;
     let uh = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
