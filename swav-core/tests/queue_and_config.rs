@@ -156,7 +156,10 @@ fn the_queue_starts_at_its_epoch() {
     let c = SwavConfig::imagenet_bs256();
     assert!(!c.queue_active(14));
     assert!(c.queue_active(15));
-    assert!(!SwavConfig::imagenet_800ep().queue_active(500), "no queue in the headline run");
+    assert!(
+        !SwavConfig::imagenet_800ep().queue_active(500),
+        "no queue in the headline run"
+    );
 }
 
 #[test]
