@@ -1,3 +1,21 @@
 //! The `Backbone` trait, the ResNet family, the SwAV projection head and prototypes.
 //!
-//! Placeholder: the models arrive with issue 5.
+//! - [`Backbone`]: a headless feature extractor (features of a batch and their dimension), the
+//!   narrow interface training and evaluation use, so another crate can supply a backbone.
+//! - [`ResNet`]: ResNet-18/34/50/101/152 in torchvision's layout, with SwAV's width
+//!   multipliers (RN50-w2, w4, w5), the CIFAR stem option and zero-init of the last BatchNorm of
+//!   each block; Kaiming-normal (fan-out) convolutions, BatchNorm weight 1 and bias 0.
+//! - [`ProjectionHead`] and [`Prototypes`]: SwAV's MLP head and its prototype layers.
+//!
+//! Work in progress toward issue 5: the SwAV model over a backbone, PyTorch weight import,
+//! parity tests and the speed benchmark are still to come.
+
+mod backbone;
+mod error;
+mod head;
+mod resnet;
+
+pub use backbone::Backbone;
+pub use error::ModelError;
+pub use head::{ProjectionHead, ProjectionHeadConfig, Prototypes, PrototypesConfig};
+pub use resnet::{ResBlock, ResNet, ResNetConfig};
