@@ -6,16 +6,19 @@
 //!   multipliers (RN50-w2, w4, w5), the CIFAR stem option and zero-init of the last BatchNorm of
 //!   each block; Kaiming-normal (fan-out) convolutions, BatchNorm weight 1 and bias 0.
 //! - [`ProjectionHead`] and [`Prototypes`]: SwAV's MLP head and its prototype layers.
+//! - [`SwavModel`]: the three over any backbone, with the multi-crop forward.
 //!
-//! Work in progress toward issue 5: the SwAV model over a backbone, PyTorch weight import,
-//! parity tests and the speed benchmark are still to come.
+//! Work in progress toward issue 5: PyTorch weight import, parity tests, a second backbone
+//! crate and the speed benchmark are still to come.
 
 mod backbone;
 mod error;
 mod head;
 mod resnet;
+mod swav;
 
 pub use backbone::Backbone;
 pub use error::ModelError;
 pub use head::{ProjectionHead, ProjectionHeadConfig, Prototypes, PrototypesConfig};
-pub use resnet::{ResBlock, ResNet, ResNetConfig};
+pub use resnet::{Downsample, ResBlock, ResNet, ResNetConfig};
+pub use swav::{SwavModel, SwavOutput};

@@ -164,3 +164,54 @@ fn head_and_prototypes_shapes() {
     assert_eq!(scores[1].dims(), [4, 300]);
     assert!(protos.heads.iter().all(|h| h.bias.is_none()));
 }
+
+#[test]
+fn swav_model_forward_groups_crops_and_normalises() {
+    use swav_models::SwavModel;
+    let device = Device::flex();
+    let backbone = ResNetConfig {
+        cifar_stem: true,
+        ..ResNetConfig::new(18)
+    }
+    .init(&device)
+    .expect("valid");
+    let model = SwavModel::new(backbone, 64, 32, &[10, 7], &device);
+    // Two 32-px crops and three 16-px crops of a batch of 2.
+    let large = Tensor::<4>::random(
+        [4, 3, 32, 32],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let small = Tensor::<4>::random(
+        [6, 3, 16, 16],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let out = model.forward(&[large.clone(), small.clone()]);
+    assert_eq!(out.embeddings.dims(), [10, 32]);
+    assert_eq!(out.scores[0].dims(), [10, 10]);
+    assert_eq!(out.scores[1].dims(), [10, 7]);
+    let norms: Vec<f32> = out
+        .embeddings
+        .clone()
+        .square()
+        .sum_dim(1)
+        .sqrt()
+        .into_data()
+        .try_to_vec()
+        .expect("floats");
+    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "{norms:?}");
+    // Without autodiff BatchNorm uses its running statistics, so the grouped forward equals
+    // the head over the per-group features, concatenated in crop order.
+    let features = Tensor::cat(
+        vec![
+            model.backbone.forward_features(large),
+            model.backbone.forward_features(small),
+        ],
+        0,
+    );
+    let z = model.head.forward(features);
+    let z = z.clone().div(z.square().sum_dim(1).sqrt());
+    let diff: f32 = z.sub(out.embeddings).abs().max().into_scalar();
+    assert!(diff < 1e-5, "grouped forward differs by {diff}");
+}
