@@ -13,4 +13,12 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A weights file could not be loaded, or does not fit the model.
+    #[error("{path}: {reason}")]
+    Weights {
+        /// The file.
+        path: String,
+        /// What is wrong (missing, mismatched or extra keys, with their names).
+        reason: String,
+    },
 }

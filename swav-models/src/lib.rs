@@ -7,18 +7,22 @@
 //!   each block; Kaiming-normal (fan-out) convolutions, BatchNorm weight 1 and bias 0.
 //! - [`ProjectionHead`] and [`Prototypes`]: SwAV's MLP head and its prototype layers.
 //! - [`SwavModel`]: the three over any backbone, with the multi-crop forward.
+//! - [`load_torchvision_resnet`] and [`load_swav_checkpoint`]: PyTorch weights through burn's
+//!   store, refused with the offending keys listed when they do not fit.
 //!
-//! Work in progress toward issue 5: PyTorch weight import, parity tests, a second backbone
-//! crate and the speed benchmark are still to come.
+//! Work in progress toward issue 5: a second backbone crate, our own checkpoint format and
+//! safetensors export, and the speed benchmark are still to come.
 
 mod backbone;
 mod error;
 mod head;
+mod import;
 mod resnet;
 mod swav;
 
 pub use backbone::Backbone;
 pub use error::ModelError;
 pub use head::{ProjectionHead, ProjectionHeadConfig, Prototypes, PrototypesConfig};
+pub use import::{load_swav_checkpoint, load_torchvision_resnet};
 pub use resnet::{Downsample, ResBlock, ResNet, ResNetConfig};
 pub use swav::{SwavModel, SwavOutput};

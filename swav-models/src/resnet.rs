@@ -24,6 +24,14 @@ pub struct ResNetConfig {
     pub cifar_stem: bool,
     /// Initialise the last BatchNorm weight of every residual block to zero.
     pub zero_init_residual: bool,
+    /// Channels of the stem and the first stage before the width multiplier (64 in every
+    /// published ResNet; smaller values make narrow nets for tests and demos).
+    #[serde(default = "default_base_width")]
+    pub base_width: usize,
+}
+
+fn default_base_width() -> usize {
+    64
 }
 
 impl ResNetConfig {
@@ -34,6 +42,7 @@ impl ResNetConfig {
             width: 1,
             cifar_stem: false,
             zero_init_residual: false,
+            base_width: 64,
         }
     }
 
@@ -66,6 +75,12 @@ impl ResNetConfig {
         })
     }
 
+    /// Sets the base width (see [`ResNetConfig::base_width`]).
+    pub fn with_base_width(mut self, base_width: usize) -> Self {
+        self.base_width = base_width;
+        self
+    }
+
     /// Blocks per stage and whether blocks are bottlenecks.
     fn layout(&self) -> Result<([usize; 4], bool), ModelError> {
         Ok(match self.depth {
@@ -87,19 +102,19 @@ impl ResNetConfig {
     /// (bottlenecks).
     pub fn feature_dim(&self) -> Result<usize, ModelError> {
         let (_, bottleneck) = self.layout()?;
-        Ok(64 * self.width * 8 * if bottleneck { 4 } else { 1 })
+        Ok(self.base_width * self.width * 8 * if bottleneck { 4 } else { 1 })
     }
 
     /// Builds the network on `device` with torchvision's initialisation.
     pub fn init(&self, device: &Device) -> Result<ResNet, ModelError> {
-        if self.width == 0 {
+        if self.width == 0 || self.base_width == 0 {
             return Err(ModelError::InvalidConfig {
                 field: "width",
-                reason: "must be at least 1".into(),
+                reason: "width and base_width must be at least 1".into(),
             });
         }
         let (blocks, bottleneck) = self.layout()?;
-        let base = 64 * self.width;
+        let base = self.base_width * self.width;
         let expansion = if bottleneck { 4 } else { 1 };
         let (conv1, maxpool) = if self.cifar_stem {
             (conv(3, base, 3, 1, device), None)
