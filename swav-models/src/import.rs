@@ -106,3 +106,61 @@ pub fn load_swav_checkpoint(
     }
     load(model, path.as_ref(), store)
 }
+
+/// Writes the module's tensors as a safetensors file, atomically: a temporary file beside
+/// `path`, renamed into place once complete, so an interrupted save never leaves a half file.
+pub fn save_safetensors<M: ModuleSnapshot>(
+    module: &M,
+    path: impl AsRef<Path>,
+) -> Result<(), ModelError> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let tmp = path.with_extension("safetensors.tmp");
+    let mut store = burn::store::SafetensorsStore::from_file(&tmp);
+    module
+        .save_into(&mut store)
+        .map_err(|e| ModelError::Weights {
+            path: name.clone(),
+            reason: format!("cannot write: {e}"),
+        })?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::Weights {
+        path: name,
+        reason: format!("cannot move the finished file into place: {e}"),
+    })
+}
+
+/// Loads a safetensors file written by [`save_safetensors`] (or any file with the same keys)
+/// into `module`, refusing missing, mismatched or extra tensors.
+pub fn load_safetensors<M: ModuleSnapshot>(
+    module: M,
+    path: impl AsRef<Path>,
+) -> Result<M, ModelError> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    if !path.is_file() {
+        return Err(ModelError::Weights {
+            path: name,
+            reason: "no such file".into(),
+        });
+    }
+    let mut module = module;
+    let mut store = burn::store::SafetensorsStore::from_file(path).allow_partial(true);
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| ModelError::Weights {
+            path: name.clone(),
+            reason: e.to_string(),
+        })?;
+    if !result.missing.is_empty() || !result.errors.is_empty() || !result.unused.is_empty() {
+        return Err(ModelError::Weights {
+            path: name,
+            reason: format!(
+                "keys or shapes do not match: {} missing, {} mismatched, {} extra",
+                result.missing.len(),
+                result.errors.len(),
+                result.unused.len()
+            ),
+        });
+    }
+    Ok(module)
+}

@@ -23,6 +23,8 @@ mod swav;
 pub use backbone::Backbone;
 pub use error::ModelError;
 pub use head::{ProjectionHead, ProjectionHeadConfig, Prototypes, PrototypesConfig};
-pub use import::{load_swav_checkpoint, load_torchvision_resnet};
+pub use import::{
+    load_safetensors, load_swav_checkpoint, load_torchvision_resnet, save_safetensors,
+};
 pub use resnet::{Downsample, ResBlock, ResNet, ResNetConfig};
 pub use swav::{SwavModel, SwavOutput};

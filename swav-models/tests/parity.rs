@@ -123,3 +123,43 @@ fn mismatched_files_are_refused_with_the_keys() {
     let missing = ResNetConfig::new(18).init(&device).expect("config");
     assert!(load_torchvision_resnet(missing, fixture("nope.pt")).is_err());
 }
+
+#[test]
+fn safetensors_export_round_trips() {
+    let g = golden();
+    let device = Device::flex();
+    let cfg = ResNetConfig {
+        cifar_stem: true,
+        ..ResNetConfig::new(18).with_base_width(8)
+    };
+    let net = load_torchvision_resnet(
+        cfg.init(&device).expect("config"),
+        fixture("resnet18_w8_cifar.pt"),
+    )
+    .expect("load");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rn18.safetensors");
+    swav_models::save_safetensors(&net, &path).expect("save");
+    assert!(
+        !path.with_extension("safetensors.tmp").exists(),
+        "the temporary file is gone"
+    );
+    // A freshly initialised net takes the saved weights and gives PyTorch's outputs again.
+    let back = swav_models::load_safetensors(cfg.init(&device).expect("config"), &path)
+        .expect("load back");
+    let x = input(&g["resnet18_w8_cifar"], &device);
+    assert!(
+        max_diff(
+            back.forward_features(x),
+            &floats(&g["resnet18_w8_cifar"]["features"])
+        ) < 1e-4
+    );
+    let other = ResNetConfig::new(34)
+        .with_base_width(8)
+        .init(&device)
+        .expect("config");
+    assert!(
+        swav_models::load_safetensors(other, &path).is_err(),
+        "a different architecture is refused"
+    );
+}
