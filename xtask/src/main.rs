@@ -20,7 +20,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Check the workspace's invariants: swav-augment has no burn in its dependency tree,
-    /// library crates use no global RNG and no anyhow, every Rust file starts with `//!`.
+    /// workspace dependencies point the documented way, library crates use no global RNG and
+    /// no anyhow, every Rust file starts with `//!`.
     Tidy,
 }
 
@@ -66,6 +67,7 @@ fn tidy(root: &Path) -> Result<()> {
     problems.extend(check_library_sources(root)?);
     problems.extend(check_file_headers(root)?);
     problems.extend(check_no_anyhow_in_libraries(root)?);
+    problems.extend(check_dependency_direction(root)?);
     if problems.is_empty() {
         println!("tidy: all invariants hold");
         Ok(())
@@ -153,6 +155,54 @@ fn check_file_headers(root: &Path) -> Result<Vec<String>> {
                 problems.push(format!(
                     "{}: does not start with a `//!` line saying what it holds",
                     rel(root, &file)
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Which workspace crates each library crate may depend on (normal and build dependencies):
+/// the direction written in the README's architecture section.
+const ALLOWED_INTERNAL: [(&str, &[&str]); 6] = [
+    ("swav-core", &[]),
+    ("swav-augment", &[]),
+    ("swav-models", &[]),
+    ("swav-data", &["swav-augment"]),
+    (
+        "swav-train",
+        &["swav-core", "swav-augment", "swav-data", "swav-models"],
+    ),
+    ("swav-eval", &["swav-augment", "swav-data", "swav-models"]),
+];
+
+/// Library crates depend on the workspace crates the architecture allows, and no others.
+fn check_dependency_direction(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for (krate, allowed) in ALLOWED_INTERNAL {
+        let manifest = root.join(krate).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        let mut section = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                section = t.to_string();
+                continue;
+            }
+            if section != "[dependencies]" && section != "[build-dependencies]" {
+                continue;
+            }
+            let name = t.split(['=', ' ', '.']).next().unwrap_or("");
+            if name.starts_with("swav-") && !allowed.contains(&name) {
+                problems.push(format!(
+                    "{}: {krate} must not depend on {name} (allowed: {})",
+                    rel(root, &manifest),
+                    if allowed.is_empty() {
+                        "no workspace crate".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
                 ));
             }
         }
