@@ -147,7 +147,7 @@ fn check_library_sources(root: &Path) -> Result<Vec<String>> {
 /// Every Rust file of the workspace opens with a `//!` line saying what it holds.
 fn check_file_headers(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for krate in LIBRARY_CRATES.iter().chain(std::iter::once(&"xtask")) {
+    for krate in LIBRARY_CRATES.iter().chain(&["xtask", "tinynet"]) {
         for file in rust_files(&root.join(krate))? {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
