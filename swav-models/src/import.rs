@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use burn::store::{KeyRemapper, ModuleSnapshot, PytorchStore};
+use burn::store::{KeyRemapper, ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore};
 
 use crate::ModelError;
 use crate::resnet::ResNet;
@@ -28,10 +28,12 @@ fn remapper(patterns: &[(&str, &str)]) -> Result<KeyRemapper, ModelError> {
     })
 }
 
-fn load<M: ModuleSnapshot>(
+/// Applies `store` (set to report rather than fail on partial matches) to `module`, refusing
+/// missing, mismatched and unexpected tensors with their names.
+fn load<M: ModuleSnapshot, S: ModuleStore>(
     mut module: M,
     path: &Path,
-    store: PytorchStore,
+    mut store: S,
 ) -> Result<M, ModelError> {
     let name = path.display().to_string();
     if !path.is_file() {
@@ -40,7 +42,6 @@ fn load<M: ModuleSnapshot>(
             reason: "no such file".into(),
         });
     }
-    let mut store = store.allow_partial(true).map_indices_contiguous(false);
     let result = module
         .load_from(&mut store)
         .map_err(|e| ModelError::Weights {
@@ -72,7 +73,11 @@ fn load<M: ModuleSnapshot>(
 /// shapes do not match is refused, with the list of what is missing, mismatched or extra.
 pub fn load_torchvision_resnet(net: ResNet, path: impl AsRef<Path>) -> Result<ResNet, ModelError> {
     let store = PytorchStore::from_file(path.as_ref()).remap(remapper(&DOWNSAMPLE)?);
-    load(net, path.as_ref(), store)
+    load(
+        net,
+        path.as_ref(),
+        store.allow_partial(true).map_indices_contiguous(false),
+    )
 }
 
 /// Loads an original SwAV checkpoint into `model`: keys with or without the `module.` prefix,
@@ -100,7 +105,10 @@ pub fn load_swav_checkpoint(
         "prototypes.heads.$1.weight",
     ));
     patterns.push((r"^(conv1|bn1|layer[1-4])\.(.*)$", "backbone.$1.$2"));
-    let mut store = PytorchStore::from_file(path.as_ref()).remap(remapper(&patterns)?);
+    let mut store = PytorchStore::from_file(path.as_ref())
+        .remap(remapper(&patterns)?)
+        .allow_partial(true)
+        .map_indices_contiguous(false);
     if let Some(k) = top_level_key {
         store = store.with_top_level_key(k);
     }
@@ -116,7 +124,7 @@ pub fn save_safetensors<M: ModuleSnapshot>(
     let path = path.as_ref();
     let name = path.display().to_string();
     let tmp = path.with_extension("safetensors.tmp");
-    let mut store = burn::store::SafetensorsStore::from_file(&tmp);
+    let mut store = SafetensorsStore::from_file(&tmp);
     module
         .save_into(&mut store)
         .map_err(|e| ModelError::Weights {
@@ -135,32 +143,6 @@ pub fn load_safetensors<M: ModuleSnapshot>(
     module: M,
     path: impl AsRef<Path>,
 ) -> Result<M, ModelError> {
-    let path = path.as_ref();
-    let name = path.display().to_string();
-    if !path.is_file() {
-        return Err(ModelError::Weights {
-            path: name,
-            reason: "no such file".into(),
-        });
-    }
-    let mut module = module;
-    let mut store = burn::store::SafetensorsStore::from_file(path).allow_partial(true);
-    let result = module
-        .load_from(&mut store)
-        .map_err(|e| ModelError::Weights {
-            path: name.clone(),
-            reason: e.to_string(),
-        })?;
-    if !result.missing.is_empty() || !result.errors.is_empty() || !result.unused.is_empty() {
-        return Err(ModelError::Weights {
-            path: name,
-            reason: format!(
-                "keys or shapes do not match: {} missing, {} mismatched, {} extra",
-                result.missing.len(),
-                result.errors.len(),
-                result.unused.len()
-            ),
-        });
-    }
-    Ok(module)
+    let store = SafetensorsStore::from_file(path.as_ref()).allow_partial(true);
+    load(module, path.as_ref(), store)
 }

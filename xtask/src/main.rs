@@ -181,20 +181,8 @@ fn check_dependency_direction(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for (krate, allowed) in ALLOWED_INTERNAL {
         let manifest = root.join(krate).join("Cargo.toml");
-        let text = std::fs::read_to_string(&manifest)
-            .with_context(|| format!("reading {}", manifest.display()))?;
-        let mut section = String::new();
-        for line in text.lines() {
-            let t = line.trim();
-            if t.starts_with('[') {
-                section = t.to_string();
-                continue;
-            }
-            if section != "[dependencies]" && section != "[build-dependencies]" {
-                continue;
-            }
-            let name = t.split(['=', ' ', '.']).next().unwrap_or("");
-            if name.starts_with("swav-") && !allowed.contains(&name) {
+        for name in manifest_dependencies(&manifest, &["[dependencies]", "[build-dependencies]"])? {
+            if name.starts_with("swav-") && !allowed.contains(&name.as_str()) {
                 problems.push(format!(
                     "{}: {krate} must not depend on {name} (allowed: {})",
                     rel(root, &manifest),
@@ -215,22 +203,37 @@ fn check_no_anyhow_in_libraries(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for krate in LIBRARY_CRATES {
         let manifest = root.join(krate).join("Cargo.toml");
-        let text = std::fs::read_to_string(&manifest)
-            .with_context(|| format!("reading {}", manifest.display()))?;
-        let mut section = String::new();
-        for line in text.lines() {
-            let t = line.trim();
-            if t.starts_with('[') {
-                section = t.to_string();
-            } else if section == "[dependencies]" && t.starts_with("anyhow") {
-                problems.push(format!(
-                    "{}: library crate depends on anyhow; use a thiserror enum",
-                    rel(root, &manifest)
-                ));
-            }
+        if manifest_dependencies(&manifest, &["[dependencies]"])?
+            .iter()
+            .any(|n| n == "anyhow")
+        {
+            problems.push(format!(
+                "{}: library crate depends on anyhow; use a thiserror enum",
+                rel(root, &manifest)
+            ));
         }
     }
     Ok(problems)
+}
+
+/// Names of the dependencies listed in `sections` of a crate's manifest.
+fn manifest_dependencies(manifest: &Path, sections: &[&str]) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let mut section = String::new();
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.to_string();
+        } else if sections.contains(&section.as_str()) {
+            let name = t.split(['=', ' ', '.']).next().unwrap_or("");
+            if !name.is_empty() && !name.starts_with('#') {
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
 }
 
 fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
