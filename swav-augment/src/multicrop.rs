@@ -10,7 +10,7 @@ use crate::blur::{BlurKind, GaussianBlur};
 use crate::color::{ColorJitter, RandomGrayscale, RandomSolarize};
 use crate::geometry::{RandomHorizontalFlip, RandomResizedCrop};
 use crate::normalize::{Normalize, write_chw_with};
-use crate::transform::Transform;
+use crate::transform::{RandomApply, Transform};
 
 /// `count` crops of `size x size` pixels with area fraction in `[min_scale, max_scale]`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -227,7 +227,7 @@ pub struct MultiCrop {
     config: MultiCropConfig,
     crops: Vec<RandomResizedCrop>,
     flip: RandomHorizontalFlip,
-    jitter: Option<(ColorJitter, f64)>,
+    jitter: Option<RandomApply<ColorJitter>>,
     gray: RandomGrayscale,
     table: [[f32; 256]; 3],
 }
@@ -267,10 +267,10 @@ impl MultiCrop {
         let jitter = match config.jitter {
             Some(j) => {
                 probability("jitter.p", j.p)?;
-                Some((
-                    ColorJitter::new(j.brightness, j.contrast, j.saturation, j.hue)?,
-                    j.p,
-                ))
+                Some(RandomApply {
+                    inner: ColorJitter::new(j.brightness, j.contrast, j.saturation, j.hue)?,
+                    p: j.p,
+                })
             }
             None => None,
         };
@@ -329,9 +329,7 @@ impl MultiCrop {
     ) -> Result<RgbImage, AugmentError> {
         let mut out = crop.try_apply(image, rng)?;
         out = self.flip.apply(out, rng);
-        if let Some((jitter, p)) = &self.jitter
-            && rand::Rng::random::<f64>(rng) < *p
-        {
+        if let Some(jitter) = &self.jitter {
             out = jitter.apply(out, rng);
         }
         out = self.gray.apply(out, rng);

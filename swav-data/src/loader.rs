@@ -415,7 +415,7 @@ impl<D: ImageDataset> BatchJob<D> {
     fn make(&self, b: usize) -> Option<Batch> {
         let bs = self.config.batch_size;
         let start = b * bs;
-        let slots: Vec<usize> = self.order[start..(start + bs).min(self.order.len())].to_vec();
+        let slots: &[usize] = &self.order[start..(start + bs).min(self.order.len())];
         let n = slots.len();
         let groups_cfg = &self.multicrop.config().groups;
         let mut groups: Vec<CropGroupBatch> = groups_cfg
@@ -429,7 +429,7 @@ impl<D: ImageDataset> BatchJob<D> {
             .collect();
 
         let mut images: Vec<Option<(RgbImage, Option<usize>)>> = Vec::with_capacity(n);
-        for &idx in &slots {
+        for &idx in slots {
             match self.dataset.get(idx) {
                 Ok(s) if s.image.width() > 0 && s.image.height() > 0 => {
                     images.push(Some((s.image, s.label)))
