@@ -10,10 +10,12 @@
 //! - [`load_torchvision_resnet`] and [`load_swav_checkpoint`]: PyTorch weights through burn's
 //!   store, refused with the offending keys listed when they do not fit.
 //!
-//! Work in progress toward issue 5: a second backbone crate, our own checkpoint format and
-//! safetensors export, and the speed benchmark are still to come.
+//! - [`write_checkpoint`] / [`read_checkpoint`]: our checkpoint container (burnpack: the model's
+//!   tensors, further named arrays and metadata, written atomically), and [`load_swav_model`]
+//!   to rebuild a model from its stored [`SwavModelSpec`].
 
 mod backbone;
+mod checkpoint;
 mod error;
 mod head;
 mod import;
@@ -21,6 +23,10 @@ mod resnet;
 mod swav;
 
 pub use backbone::Backbone;
+pub use checkpoint::{
+    Checkpoint, MODEL_PREFIX, SPEC_KEY, StateArray, SwavModelSpec, load_swav_model,
+    read_checkpoint, write_checkpoint,
+};
 pub use error::ModelError;
 pub use head::{ProjectionHead, ProjectionHeadConfig, Prototypes, PrototypesConfig};
 pub use import::{

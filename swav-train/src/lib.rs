@@ -1,3 +1,29 @@
-//! The SwAV training run: optimiser, schedules, checkpoints, metrics.
+//! The SwAV training run (Caron et al., 2020): the step in the original's order, LARS / SGD /
+//! AdamW with PyTorch's semantics, the warmup + cosine schedule, prototype freezing, the queue,
+//! atomic checkpoints with exact resume, metrics, plots, the kNN monitor and a summary.
 //!
-//! Placeholder: the training loop arrives with issue 6.
+//! - [`TrainConfig`]: `[swav]` ([`swav_core::SwavConfig`]), `[data]` and `[run]` sections from
+//!   TOML with `key=value` overrides.
+//! - [`open_data`]: the datasets a config names.
+//! - [`train`]: the run, over any [`swav_models::Backbone`].
+
+mod config;
+mod data;
+mod error;
+mod optim;
+mod plot;
+mod progress;
+mod schedule;
+mod trainer;
+
+pub use config::{DataConfig, DataKind, RunConfig, TrainConfig};
+pub use data::{DynDataset, RunData, open_data};
+pub use error::TrainError;
+pub use optim::{OptimConfig, Optimizer};
+pub use plot::line_chart;
+pub use schedule::LrSchedule;
+pub use trainer::{
+    AnyDataset, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, RunSummary, SUMMARY_FILE,
+    TrainOutcome, TrainState, device_for, eval_transform_for, knn_monitor, multicrop_for,
+    seeded_init, spec_for, train,
+};

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's entry point for users and for CI.
 //!
-//! Commands so far: `tidy` (the workspace's invariants). `pretrain` arrives with issue 6 and
-//! `linear-eval` with issue 7.
+//! Commands: `pretrain` (SwAV pretraining, the built-in demo by default) and `tidy` (the
+//! workspace's invariants). `linear-eval` arrives with issue 7.
+
+mod pretrain;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// SwAV pretraining: the built-in demo on Shapes10 by default, or `--config FILE` with
+    /// `--data PATH`; prints the kNN accuracy of the trained backbone next to a random one.
+    Pretrain(pretrain::PretrainArgs),
     /// Check the workspace's invariants: swav-augment has no burn in its dependency tree,
     /// workspace dependencies point the documented way, library crates use no global RNG and
     /// no anyhow, every Rust file starts with `//!`.
@@ -50,6 +55,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Tidy => tidy(&workspace_root()?),
+        Cmd::Pretrain(args) => pretrain::run(&args),
     }
 }
 

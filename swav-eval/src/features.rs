@@ -1,0 +1,262 @@
+//! Features of a frozen backbone over a dataset: the evaluation transform (resize the shorter
+//! side, center crop, normalise), parallel decoding, and the forward in eval mode (BatchNorm
+//! with its running statistics).
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use swav_augment::{CropBox, Normalize, RgbImage, resized_crop};
+use swav_data::ImageDataset;
+use swav_models::Backbone;
+
+use crate::EvalError;
+
+/// The test-time transform of the evaluation protocols: resize the shorter side to `resize`,
+/// take the central `crop x crop` square, normalise. (Done as one bilinear resample of the
+/// central region, which equals torchvision's resize-then-crop up to resampling rounding.)
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalTransform {
+    /// Shorter side after resizing (256 for ImageNet).
+    pub resize: u32,
+    /// Side of the central crop (224 for ImageNet).
+    pub crop: u32,
+    /// Normalisation.
+    pub normalize: Normalize,
+}
+
+impl EvalTransform {
+    /// ImageNet's protocol: resize 256, center crop 224, the original's normalisation.
+    pub fn imagenet() -> Self {
+        Self {
+            resize: 256,
+            crop: 224,
+            normalize: Normalize::SWAV,
+        }
+    }
+
+    /// Small images used whole (CIFAR, Shapes10): resize to `side`, no cropping, CIFAR-10
+    /// normalisation.
+    pub fn small(side: u32) -> Self {
+        Self {
+            resize: side,
+            crop: side,
+            normalize: Normalize::CIFAR10,
+        }
+    }
+
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<(), EvalError> {
+        if self.crop == 0 || self.resize < self.crop {
+            return Err(EvalError::invalid(
+                "crop",
+                format!(
+                    "crop {} must be positive and not larger than resize {}",
+                    self.crop, self.resize
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of floats one image gives (3 x crop x crop).
+    pub fn len(&self) -> usize {
+        3 * (self.crop as usize).pow(2)
+    }
+
+    /// Whether the output is empty (never, for a valid transform).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The central square of `image` that the resize-then-crop keeps, in source pixels.
+    pub fn source_box(&self, width: u32, height: u32) -> CropBox {
+        let short = width.min(height) as f64;
+        let side = (short * self.crop as f64 / self.resize as f64)
+            .round()
+            .clamp(1.0, short) as u32;
+        CropBox {
+            top: (height - side) / 2,
+            left: (width - side) / 2,
+            height: side,
+            width: side,
+        }
+    }
+
+    /// Writes the transformed image as planar CHW floats into `out` (length [`Self::len`]).
+    pub fn apply_into(&self, image: &RgbImage, out: &mut [f32]) -> Result<(), EvalError> {
+        let b = self.source_box(image.width(), image.height());
+        let full = b.width == image.width() && b.height == image.height();
+        if full && image.width() == self.crop && image.height() == self.crop {
+            self.normalize.write_chw(image, out)?;
+        } else {
+            let img = resized_crop(image, b, self.crop, self.crop)?;
+            self.normalize.write_chw(&img, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Features of a dataset, row-major `[len, dim]`, with labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// The values, `len x dim`.
+    pub values: Vec<f32>,
+    /// Feature size.
+    pub dim: usize,
+    /// Label of each row (`None` for unlabeled samples).
+    pub labels: Vec<Option<usize>>,
+    /// Dataset index of each row.
+    pub indices: Vec<usize>,
+    /// Samples that could not be read: (index, file, reason). They have no row.
+    pub skipped: Vec<(usize, String, String)>,
+}
+
+impl Features {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// The labels, refusing unlabeled rows.
+    pub fn labels_required(&self, what: &'static str) -> Result<Vec<usize>, EvalError> {
+        self.labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                l.ok_or_else(|| {
+                    EvalError::invalid(what, format!("sample {} has no label", self.indices[i]))
+                })
+            })
+            .collect()
+    }
+}
+
+/// How features are extracted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExtractConfig {
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Threads that decode and transform.
+    pub workers: usize,
+    /// The transform.
+    pub transform: EvalTransform,
+}
+
+/// Decodes and transforms `indices` of `dataset` on `workers` threads; returns the floats of the
+/// readable ones, their indices and labels, and the unreadable ones.
+#[allow(clippy::type_complexity)]
+fn prepare<D: ImageDataset + Sync + ?Sized>(
+    dataset: &D,
+    indices: &[usize],
+    transform: &EvalTransform,
+    workers: usize,
+) -> (
+    Vec<f32>,
+    Vec<usize>,
+    Vec<Option<usize>>,
+    Vec<(usize, String, String)>,
+) {
+    let per = transform.len();
+    let mut data = vec![0f32; per * indices.len()];
+    let mut ok = vec![None::<Option<usize>>; indices.len()];
+    let mut errors: Vec<Option<String>> = vec![None; indices.len()];
+    let chunk = indices.len().div_ceil(workers.max(1)).max(1);
+    std::thread::scope(|s| {
+        for ((idx, out), (okc, errc)) in indices
+            .chunks(chunk)
+            .zip(data.chunks_mut(chunk * per))
+            .zip(ok.chunks_mut(chunk).zip(errors.chunks_mut(chunk)))
+        {
+            s.spawn(move || {
+                for (j, &i) in idx.iter().enumerate() {
+                    let res = dataset
+                        .get(i)
+                        .map_err(|e| e.to_string())
+                        .and_then(|sample| {
+                            transform
+                                .apply_into(&sample.image, &mut out[j * per..(j + 1) * per])
+                                .map(|_| sample.label)
+                                .map_err(|e| e.to_string())
+                        });
+                    match res {
+                        Ok(l) => okc[j] = Some(l),
+                        Err(e) => errc[j] = Some(e),
+                    }
+                }
+            });
+        }
+    });
+    let mut values = Vec::with_capacity(data.len());
+    let mut kept = Vec::new();
+    let mut labels = Vec::new();
+    let mut skipped = Vec::new();
+    for (j, &i) in indices.iter().enumerate() {
+        match (ok[j], errors[j].take()) {
+            (Some(l), _) => {
+                values.extend_from_slice(&data[j * per..(j + 1) * per]);
+                kept.push(i);
+                labels.push(l);
+            }
+            (None, e) => skipped.push((i, dataset.describe(i), e.unwrap_or_default())),
+        }
+    }
+    (values, kept, labels, skipped)
+}
+
+/// Global-average-pooled features of every sample of `dataset` under a frozen `backbone` in
+/// eval mode (BatchNorm uses its running statistics; no gradient is tracked). Unreadable
+/// samples are skipped and listed in [`Features::skipped`].
+pub fn extract_features<B, D>(
+    backbone: &B,
+    dataset: &D,
+    config: &ExtractConfig,
+    device: &Device,
+) -> Result<Features, EvalError>
+where
+    B: Backbone + Module,
+    D: ImageDataset + Sync + ?Sized,
+{
+    config.transform.validate()?;
+    if config.batch_size == 0 {
+        return Err(EvalError::invalid("batch_size", "must be at least 1"));
+    }
+    let net = backbone.valid();
+    let dim = net.feature_dim();
+    let side = config.transform.crop as usize;
+    let all: Vec<usize> = (0..dataset.len()).collect();
+    let mut out = Features {
+        values: Vec::with_capacity(all.len() * dim),
+        dim,
+        labels: Vec::with_capacity(all.len()),
+        indices: Vec::with_capacity(all.len()),
+        skipped: Vec::new(),
+    };
+    for chunk in all.chunks(config.batch_size) {
+        let (values, kept, labels, skipped) =
+            prepare(dataset, chunk, &config.transform, config.workers);
+        out.skipped.extend(skipped);
+        if kept.is_empty() {
+            continue;
+        }
+        let n = kept.len();
+        let x = Tensor::<4>::from_data(TensorData::new(values, [n, 3, side, side]), device);
+        let f = net.forward_features(x);
+        let v = f
+            .into_data()
+            .try_to_vec_as::<f32>()
+            .map_err(|e| EvalError::invalid("features", format!("{e:?}")))?;
+        out.values.extend(v);
+        out.labels.extend(labels);
+        out.indices.extend(kept);
+    }
+    Ok(out)
+}

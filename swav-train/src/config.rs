@@ -1,0 +1,302 @@
+//! The configuration of a training run: the method's knobs ([`SwavConfig`], section `[swav]`),
+//! the data (`[data]`) and the run itself (`[run]`), read from TOML with command-line
+//! overrides of any field, validated as a whole before any work starts.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use swav_core::SwavConfig;
+
+use crate::TrainError;
+
+/// Which dataset to pretrain on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataKind {
+    /// The built-in Shapes10 (generated, no download).
+    Shapes10,
+    /// An image folder (`root/<class>/<image>`, or `root/train/...` and `root/test|val/...`).
+    Folder,
+    /// CIFAR-10 binary files.
+    Cifar10,
+    /// CIFAR-100 binary files (fine labels).
+    Cifar100,
+    /// STL-10 binary files: pretraining on `train` + `unlabeled`, the monitor on train/test.
+    Stl10,
+    /// MNIST or Fashion-MNIST IDX files.
+    Mnist,
+}
+
+/// The data of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// The dataset kind.
+    pub kind: DataKind,
+    /// Its location (not used by Shapes10).
+    pub path: Option<PathBuf>,
+    /// The augmentation pipeline apart from the crops (which come from `[swav]`): `swav`
+    /// (the original's colour jitter 0.8 and blur), `cifar` (jitter 0.4, no blur) or `stl10`.
+    pub augment: String,
+    /// Shapes10: training images.
+    pub shapes10_train: usize,
+    /// Shapes10: test images.
+    pub shapes10_test: usize,
+    /// Shapes10: generator seed.
+    pub shapes10_seed: u64,
+    /// Pretrain on at most this many images (a seeded class-balanced choice when labelled, the
+    /// first ones otherwise); 0 for all.
+    pub limit: usize,
+    /// Threads that decode and augment (0: one per core).
+    pub workers: usize,
+    /// Batches prepared ahead of the model.
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            kind: DataKind::Shapes10,
+            path: None,
+            augment: "cifar".into(),
+            shapes10_train: 5000,
+            shapes10_test: 1000,
+            shapes10_seed: 1,
+            limit: 0,
+            workers: 0,
+            prefetch: 4,
+        }
+    }
+}
+
+/// The run itself: where it writes, how often, what it watches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// The run folder (config, checkpoint, metrics, plots, summary).
+    pub out_dir: PathBuf,
+    /// `cpu` (burn's flex backend) or `wgpu` (GPU; needs the `wgpu` feature).
+    pub device: String,
+    /// Write a checkpoint every N iterations (0: only at epoch ends).
+    pub checkpoint_every: usize,
+    /// Write a metrics line every N iterations.
+    pub log_every: usize,
+    /// Run the kNN monitor every N epochs (0: never; the last epoch always, when > 0).
+    pub knn_every: usize,
+    /// kNN neighbours.
+    pub knn_k: usize,
+    /// kNN temperature.
+    pub knn_temperature: f64,
+    /// Memory-bank size of the monitor (a seeded class-balanced choice; 0: the whole split).
+    pub knn_train_samples: usize,
+    /// Test samples of the monitor (0: the whole split).
+    pub knn_test_samples: usize,
+    /// No progress bar; one line per epoch.
+    pub quiet: bool,
+    /// Continue from the run folder's checkpoint when there is one.
+    pub auto_resume: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            out_dir: PathBuf::from("runs/swav"),
+            device: "cpu".into(),
+            checkpoint_every: 500,
+            log_every: 10,
+            knn_every: 1,
+            knn_k: 20,
+            knn_temperature: 0.07,
+            knn_train_samples: 10_000,
+            knn_test_samples: 2_000,
+            quiet: false,
+            auto_resume: true,
+        }
+    }
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The method.
+    pub swav: SwavConfig,
+    /// The data.
+    pub data: DataConfig,
+    /// The run.
+    pub run: RunConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self::demo()
+    }
+}
+
+/// Sections of a config file, in order.
+const SECTIONS: [&str; 3] = ["swav", "data", "run"];
+
+impl TrainConfig {
+    /// The built-in demo: the `demo` SwAV preset on Shapes10, on the CPU, in `runs/demo`.
+    pub fn demo() -> Self {
+        Self {
+            swav: SwavConfig::demo(),
+            data: DataConfig::default(),
+            run: RunConfig {
+                out_dir: PathBuf::from("runs/demo"),
+                knn_every: 2,
+                ..RunConfig::default()
+            },
+        }
+    }
+
+    /// Parses a TOML text, then applies `overrides` (`key=value`, where key is `section.field`
+    /// or a bare field name that exists in exactly one section; the value is TOML, or a bare
+    /// string). Unknown sections or fields are refused with their names.
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self, TrainError> {
+        let mut root: toml::Table = toml::from_str(text)
+            .map_err(|e| TrainError::ConfigFile(format!("cannot parse config: {e}")))?;
+        for key in root.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                return Err(TrainError::ConfigFile(format!(
+                    "unknown section `[{key}]`; a config has [swav], [data] and [run]"
+                )));
+            }
+        }
+        for o in overrides {
+            apply_override(&mut root, o)?;
+        }
+        let config: TrainConfig = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e| TrainError::ConfigFile(format!("invalid config: {e}")))?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file (see [`TrainConfig::from_toml`]); errors name the file.
+    pub fn load(path: impl AsRef<Path>, overrides: &[String]) -> Result<Self, TrainError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::ConfigFile(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, overrides)
+            .map_err(|e| TrainError::ConfigFile(format!("{}: {e}", path.display())))
+    }
+
+    /// The config as TOML (what is saved in the run folder).
+    pub fn to_toml(&self) -> Result<String, TrainError> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::ConfigFile(e.to_string()))
+    }
+
+    /// Checks everything that can be checked before opening data: the method's fields, the
+    /// data and run settings.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.swav.validate()?;
+        let bad = |field: &str, reason: &str| {
+            Err(TrainError::ConfigFile(format!(
+                "invalid config: `{field}` {reason}"
+            )))
+        };
+        if self.data.kind != DataKind::Shapes10 && self.data.path.is_none() {
+            return bad("data.path", "is required for this data kind");
+        }
+        if self.data.kind == DataKind::Shapes10
+            && self.data.shapes10_train < self.swav.batch_size * self.swav.world_size
+        {
+            return bad("data.shapes10_train", "is smaller than one global batch");
+        }
+        if swav_augment::MultiCropConfig::preset(&self.data.augment).is_err() {
+            return bad(
+                "data.augment",
+                "must be one of swav, swav-2x224, swav-2x160-4x96, cifar, stl10",
+            );
+        }
+        if self.data.prefetch == 0 {
+            return bad("data.prefetch", "must be at least 1");
+        }
+        if !matches!(self.run.device.as_str(), "cpu" | "wgpu") {
+            return bad("run.device", "must be `cpu` or `wgpu`");
+        }
+        if self.run.log_every == 0 {
+            return bad("run.log_every", "must be at least 1");
+        }
+        if self.run.knn_k == 0 {
+            return bad("run.knn_k", "must be at least 1");
+        }
+        if !(self.run.knn_temperature.is_finite() && self.run.knn_temperature > 0.0) {
+            return bad("run.knn_temperature", "must be positive");
+        }
+        if self.swav.world_size != 1 {
+            return bad(
+                "swav.world_size",
+                "must be 1 in this version: data-parallel training is not implemented yet",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Applies one `key=value` override to the parsed table.
+fn apply_override(root: &mut toml::Table, text: &str) -> Result<(), TrainError> {
+    let (key, value) = text.split_once('=').ok_or_else(|| {
+        TrainError::ConfigFile(format!(
+            "override `{text}` is not key=value (e.g. swav.epochs=10)"
+        ))
+    })?;
+    let key = key.trim();
+    let value = value.trim();
+    let (section, field) = match key.split_once('.') {
+        Some((s, f)) => {
+            if !SECTIONS.contains(&s) {
+                return Err(TrainError::ConfigFile(format!(
+                    "override `{key}`: unknown section `{s}` (swav, data, run)"
+                )));
+            }
+            (s.to_string(), f.to_string())
+        }
+        None => {
+            let defaults = toml::Value::try_from(TrainConfig::demo())
+                .map_err(|e| TrainError::ConfigFile(e.to_string()))?;
+            let owners: Vec<&str> = SECTIONS
+                .iter()
+                .copied()
+                .filter(|s| {
+                    defaults
+                        .get(s)
+                        .and_then(|t| t.as_table())
+                        .is_some_and(|t| t.contains_key(key) || optional_field(s, key))
+                })
+                .collect();
+            match owners.as_slice() {
+                [one] => (one.to_string(), key.to_string()),
+                [] => {
+                    return Err(TrainError::ConfigFile(format!(
+                        "override `{key}`: no such field in [swav], [data] or [run]"
+                    )));
+                }
+                _ => {
+                    return Err(TrainError::ConfigFile(format!(
+                        "override `{key}` is ambiguous; write it as section.{key}"
+                    )));
+                }
+            }
+        }
+    };
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or(toml::Value::String(value.to_string())),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let table = root
+        .entry(section.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let table = table.as_table_mut().ok_or_else(|| {
+        TrainError::ConfigFile(format!("`{section}` must be a table ([{section}])"))
+    })?;
+    table.insert(field, parsed);
+    Ok(())
+}
+
+/// Fields that are absent from a serialised default because their default is `None`.
+fn optional_field(section: &str, key: &str) -> bool {
+    section == "data" && key == "path"
+}

@@ -1,0 +1,210 @@
+//! Small PNG line charts (loss, learning rate, kNN accuracy over time) drawn with the `image`
+//! crate and a built-in 5x7 bitmap font, so a run folder can be inspected without Python.
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+
+use crate::TrainError;
+
+const W: u32 = 640;
+const H: u32 = 400;
+const LEFT: u32 = 70;
+const RIGHT: u32 = 20;
+const TOP: u32 = 36;
+const BOTTOM: u32 = 40;
+
+/// 5x7 glyphs, one byte per row, bit 4 = leftmost column.
+fn glyph(c: char) -> [u8; 7] {
+    match c.to_ascii_uppercase() {
+        '0' => [14, 17, 19, 21, 25, 17, 14],
+        '1' => [4, 12, 4, 4, 4, 4, 14],
+        '2' => [14, 17, 1, 2, 4, 8, 31],
+        '3' => [31, 2, 4, 2, 1, 17, 14],
+        '4' => [2, 6, 10, 18, 31, 2, 2],
+        '5' => [31, 16, 30, 1, 1, 17, 14],
+        '6' => [6, 8, 16, 30, 17, 17, 14],
+        '7' => [31, 1, 2, 4, 8, 8, 8],
+        '8' => [14, 17, 17, 14, 17, 17, 14],
+        '9' => [14, 17, 17, 15, 1, 2, 12],
+        'A' => [14, 17, 17, 31, 17, 17, 17],
+        'B' => [30, 17, 17, 30, 17, 17, 30],
+        'C' => [14, 17, 16, 16, 16, 17, 14],
+        'D' => [28, 18, 17, 17, 17, 18, 28],
+        'E' => [31, 16, 16, 30, 16, 16, 31],
+        'F' => [31, 16, 16, 30, 16, 16, 16],
+        'G' => [14, 17, 16, 23, 17, 17, 15],
+        'H' => [17, 17, 17, 31, 17, 17, 17],
+        'I' => [14, 4, 4, 4, 4, 4, 14],
+        'J' => [7, 2, 2, 2, 2, 18, 12],
+        'K' => [17, 18, 20, 24, 20, 18, 17],
+        'L' => [16, 16, 16, 16, 16, 16, 31],
+        'M' => [17, 27, 21, 21, 17, 17, 17],
+        'N' => [17, 17, 25, 21, 19, 17, 17],
+        'O' => [14, 17, 17, 17, 17, 17, 14],
+        'P' => [30, 17, 17, 30, 16, 16, 16],
+        'Q' => [14, 17, 17, 17, 21, 18, 13],
+        'R' => [30, 17, 17, 30, 20, 18, 17],
+        'S' => [15, 16, 16, 14, 1, 1, 30],
+        'T' => [31, 4, 4, 4, 4, 4, 4],
+        'U' => [17, 17, 17, 17, 17, 17, 14],
+        'V' => [17, 17, 17, 17, 17, 10, 4],
+        'W' => [17, 17, 17, 21, 21, 21, 10],
+        'X' => [17, 17, 10, 4, 10, 17, 17],
+        'Y' => [17, 17, 10, 4, 4, 4, 4],
+        'Z' => [31, 1, 2, 4, 8, 16, 31],
+        '.' => [0, 0, 0, 0, 0, 12, 12],
+        '-' => [0, 0, 0, 31, 0, 0, 0],
+        '+' => [0, 4, 4, 31, 4, 4, 0],
+        '%' => [24, 25, 2, 4, 8, 19, 3],
+        '(' => [2, 4, 8, 8, 8, 4, 2],
+        ')' => [8, 4, 2, 2, 2, 4, 8],
+        '/' => [0, 1, 2, 4, 8, 16, 0],
+        ':' => [0, 12, 12, 0, 12, 12, 0],
+        '=' => [0, 0, 31, 0, 31, 0, 0],
+        _ => [0; 7],
+    }
+}
+
+fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, color: Rgb<u8>) {
+    for (i, c) in s.chars().enumerate() {
+        let g = glyph(c);
+        for (row, bits) in g.iter().enumerate() {
+            for col in 0..5u32 {
+                if bits & (1 << (4 - col)) != 0 {
+                    let (px, py) = (x + i as u32 * 6 + col, y + row as u32);
+                    if px < img.width() && py < img.height() {
+                        img.put_pixel(px, py, color);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), color: Rgb<u8>) {
+    let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+    for s in 0..=steps {
+        let t = s as f64 / steps as f64;
+        let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
+        if x >= 0.0 && y >= 0.0 && (x as u32) < img.width() && (y as u32) < img.height() {
+            img.put_pixel(x as u32, y as u32, color);
+        }
+    }
+}
+
+fn label(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-2..1e4).contains(&a) {
+        format!("{v:.1e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Draws `points` (x, y) as a line chart titled `title` with axis label `x_label`, into a PNG
+/// at `path`. Fewer than one point gives an empty chart with its title.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    points: &[(f64, f64)],
+) -> Result<(), TrainError> {
+    let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
+    let black = Rgb([0, 0, 0]);
+    let grey = Rgb([220, 220, 220]);
+    let blue = Rgb([31, 119, 180]);
+    text(&mut img, LEFT, 12, title, black);
+    let (x0, x1) = (LEFT as f64, (W - RIGHT) as f64);
+    let (y0, y1) = (TOP as f64, (H - BOTTOM) as f64);
+    let finite: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    if finite.is_empty() {
+        line(&mut img, (x0, y1), (x1, y1), black);
+        line(&mut img, (x0, y0), (x0, y1), black);
+    } else {
+        let (mut xmin, mut xmax) = (f64::MAX, f64::MIN);
+        let (mut ymin, mut ymax) = (f64::MAX, f64::MIN);
+        for &(x, y) in &finite {
+            xmin = xmin.min(x);
+            xmax = xmax.max(x);
+            ymin = ymin.min(y);
+            ymax = ymax.max(y);
+        }
+        if xmax <= xmin {
+            xmax = xmin + 1.0;
+        }
+        if ymax <= ymin {
+            let pad = ymin.abs().max(1e-3) * 0.05;
+            ymin -= pad;
+            ymax += pad;
+        }
+        let px = |x: f64| x0 + (x - xmin) / (xmax - xmin) * (x1 - x0);
+        let py = |y: f64| y1 - (y - ymin) / (ymax - ymin) * (y1 - y0);
+        for i in 0..=4 {
+            let v = ymin + (ymax - ymin) * i as f64 / 4.0;
+            let y = py(v);
+            line(&mut img, (x0, y), (x1, y), grey);
+            text(&mut img, 4, (y as u32).saturating_sub(3), &label(v), black);
+        }
+        for i in 0..=4 {
+            let v = xmin + (xmax - xmin) * i as f64 / 4.0;
+            let x = px(v);
+            line(&mut img, (x, y0), (x, y1), grey);
+            let l = label(v);
+            let lx = (x as u32).saturating_sub(3 * l.len() as u32);
+            text(&mut img, lx, H - BOTTOM + 6, &l, black);
+        }
+        line(&mut img, (x0, y1), (x1, y1), black);
+        line(&mut img, (x0, y0), (x0, y1), black);
+        if finite.len() == 1 {
+            let (x, y) = (px(finite[0].0), py(finite[0].1));
+            for d in -2i32..=2 {
+                line(
+                    &mut img,
+                    (x - 2.0, y + d as f64),
+                    (x + 2.0, y + d as f64),
+                    blue,
+                );
+            }
+        }
+        for w in finite.windows(2) {
+            line(
+                &mut img,
+                (px(w[0].0), py(w[0].1)),
+                (px(w[1].0), py(w[1].1)),
+                blue,
+            );
+        }
+    }
+    let lx = (W / 2).saturating_sub(3 * x_label.len() as u32);
+    text(&mut img, lx, H - 14, x_label, black);
+    let tmp = path.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| TrainError::io(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_is_a_png_with_the_line_drawn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("loss.png");
+        let pts: Vec<(f64, f64)> = (0..50).map(|i| (i as f64, (50 - i) as f64)).collect();
+        line_chart(&p, "LOSS", "ITERATION", &pts).expect("chart");
+        let img = image::open(&p).expect("png").to_rgb8();
+        assert_eq!(img.dimensions(), (W, H));
+        let blue = img.pixels().filter(|p| p.0 == [31, 119, 180]).count();
+        assert!(blue > 200, "the line is drawn ({blue} pixels)");
+        // The first point (highest loss) is at the top left of the plot area.
+        assert_eq!(img.get_pixel(LEFT, TOP).0, [31, 119, 180]);
+    }
+}

@@ -1,0 +1,109 @@
+//! Configuration files and overrides: the presets in `configs/` parse, validate and equal the
+//! presets of swav-core; overrides reach any field; bad input is refused with its name.
+
+use std::path::Path;
+
+use swav_core::SwavConfig;
+use swav_train::{DataKind, TrainConfig};
+
+fn configs_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+#[test]
+fn every_preset_file_parses_and_matches_its_swav_core_preset() {
+    for (file, preset) in [
+        ("imagenet-800ep.toml", "imagenet-800ep"),
+        ("imagenet-bs256.toml", "imagenet-bs256"),
+        ("cifar10.toml", "cifar10"),
+        ("stl10.toml", "stl10"),
+        ("demo.toml", "demo"),
+    ] {
+        let c = TrainConfig::load(configs_dir().join(file), &[]).expect(file);
+        assert_eq!(
+            c.swav,
+            SwavConfig::preset(preset).expect("preset"),
+            "{file}"
+        );
+        c.swav.validate().expect(file);
+    }
+    let demo = TrainConfig::load(configs_dir().join("demo.toml"), &[]).expect("demo");
+    assert_eq!(
+        demo,
+        TrainConfig::demo(),
+        "configs/demo.toml is what `cargo xtask pretrain` runs"
+    );
+    let cifar = TrainConfig::load(
+        configs_dir().join("cifar10.toml"),
+        &["data.path=\"/data/c\"".into()],
+    )
+    .expect("cifar");
+    cifar.validate().expect("valid with a data path");
+    let err = TrainConfig::load(configs_dir().join("cifar10.toml"), &[])
+        .expect("parses")
+        .validate()
+        .expect_err("needs data.path");
+    assert!(err.to_string().contains("data.path"), "{err}");
+}
+
+#[test]
+fn overrides_reach_any_field_by_section_or_bare_name() {
+    let base = TrainConfig::demo().to_toml().expect("toml");
+    let c = TrainConfig::from_toml(
+        &base,
+        &[
+            "swav.epochs=7".into(),
+            "base_lr=0.25".into(),
+            "nmb_crops=[2, 4]".into(),
+            "kind=folder".into(),
+            "data.path=/tmp/x".into(),
+            "run.quiet=true".into(),
+            "optimizer=adamw".into(),
+        ],
+    )
+    .expect("overrides");
+    assert_eq!(c.swav.epochs, 7);
+    assert_eq!(c.swav.base_lr, 0.25);
+    assert_eq!(c.swav.nmb_crops, vec![2, 4]);
+    assert_eq!(c.data.kind, DataKind::Folder);
+    assert_eq!(c.data.path.as_deref(), Some(Path::new("/tmp/x")));
+    assert!(c.run.quiet);
+    assert_eq!(c.swav.optimizer, swav_core::OptimizerKind::Adamw);
+    // A partial file takes the defaults for the rest.
+    let p = TrainConfig::from_toml("[swav]\nepochs = 3\n", &[]).expect("partial");
+    assert_eq!(p.swav.epochs, 3);
+    assert_eq!(p.swav.nmb_prototypes, SwavConfig::default().nmb_prototypes);
+}
+
+#[test]
+fn unknown_and_invalid_settings_are_refused_with_their_names() {
+    let e = TrainConfig::from_toml("[swav]\nepoch = 3\n", &[]).expect_err("typo");
+    assert!(e.to_string().contains("epoch"), "{e}");
+    let e = TrainConfig::from_toml("[model]\nx = 1\n", &[]).expect_err("section");
+    assert!(e.to_string().contains("[model]"), "{e}");
+    let e = TrainConfig::from_toml("", &["nonsense=1".into()]).expect_err("field");
+    assert!(e.to_string().contains("nonsense"), "{e}");
+    let e = TrainConfig::from_toml("", &["epochs".into()]).expect_err("no =");
+    assert!(e.to_string().contains("key=value"), "{e}");
+    let e = TrainConfig::from_toml("", &["swav.epochs=\"many\"".into()]).expect_err("type");
+    assert!(e.to_string().contains("epochs"), "{e}");
+    let c = TrainConfig::from_toml("", &["swav.temperature=0".into()]).expect("parses");
+    let e = c.validate().expect_err("invalid");
+    assert!(e.to_string().contains("temperature"), "{e}");
+    let c = TrainConfig::from_toml("", &["run.device=tpu".into()]).expect("parses");
+    assert!(
+        c.validate()
+            .expect_err("device")
+            .to_string()
+            .contains("run.device")
+    );
+}
+
+#[test]
+fn the_saved_config_reads_back_equal() {
+    let mut c = TrainConfig::demo();
+    c.swav.base_lr = 0.123;
+    c.data.path = Some("/some/where".into());
+    let back = TrainConfig::from_toml(&c.to_toml().expect("toml"), &[]).expect("parse");
+    assert_eq!(back, c);
+}

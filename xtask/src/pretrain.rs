@@ -1,0 +1,205 @@
+//! `cargo xtask pretrain`: SwAV pretraining from a config (the built-in demo by default), then
+//! the kNN accuracy of the trained backbone next to the same backbone at random initialisation.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use swav_train::{
+    DataKind, RunOptions, TrainConfig, device_for, knn_monitor, open_data, seeded_init, spec_for,
+    train,
+};
+
+/// Options of `cargo xtask pretrain`.
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// A TOML config (see `configs/`); without one, the built-in demo on Shapes10.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data location; sets `data.path` (and `data.kind = "folder"` when the config uses the
+    /// built-in data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Data kind: shapes10, folder, cifar10, cifar100, stl10, mnist.
+    #[arg(long)]
+    pub data_kind: Option<String>,
+    /// The run folder (`run.out_dir`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Number of epochs (`swav.epochs`).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// `cpu` or `wgpu` (`run.device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Any field: `--set swav.base_lr=0.5 --set batch_size=128` (bare names when unambiguous).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Resume from this checkpoint or run folder (by default a run folder's own checkpoint is
+    /// picked up automatically).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Start from scratch even if the run folder has a checkpoint (it is overwritten).
+    #[arg(long)]
+    pub fresh: bool,
+    /// No progress bar: one line per epoch.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Skip the random-initialisation kNN baseline at the end.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+/// The resolved configuration of the arguments.
+pub fn resolve(args: &PretrainArgs) -> Result<TrainConfig> {
+    let mut overrides = Vec::new();
+    if let Some(k) = &args.data_kind {
+        overrides.push(format!("data.kind=\"{k}\""));
+    }
+    if let Some(p) = &args.data {
+        overrides.push(format!(
+            "data.path={}",
+            toml_string(&p.display().to_string())
+        ));
+    }
+    if let Some(o) = &args.out {
+        overrides.push(format!(
+            "run.out_dir={}",
+            toml_string(&o.display().to_string())
+        ));
+    }
+    if let Some(e) = args.epochs {
+        overrides.push(format!("swav.epochs={e}"));
+    }
+    if let Some(d) = &args.device {
+        overrides.push(format!("run.device={}", toml_string(d)));
+    }
+    if args.quiet {
+        overrides.push("run.quiet=true".into());
+    }
+    if args.fresh {
+        overrides.push("run.auto_resume=false".into());
+    }
+    overrides.extend(args.set.iter().cloned());
+    let mut config = match &args.config {
+        Some(p) => TrainConfig::load(p, &overrides)?,
+        None => {
+            let base = TrainConfig::demo().to_toml()?;
+            TrainConfig::from_toml(&base, &overrides)?
+        }
+    };
+    if args.data.is_some() && args.data_kind.is_none() && config.data.kind == DataKind::Shapes10 {
+        config.data.kind = DataKind::Folder;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Runs `cargo xtask pretrain`.
+pub fn run(args: &PretrainArgs) -> Result<()> {
+    let config = resolve(args)?;
+    if args.fresh && args.resume.is_some() {
+        bail!("--fresh and --resume contradict each other");
+    }
+    let data = open_data(
+        &config.data,
+        config.swav.seed,
+        (config.run.knn_train_samples, config.run.knn_test_samples),
+    )?;
+    let spec = spec_for(&config);
+    let s = &config.swav;
+    eprintln!(
+        "swav-rs pretrain: {} (base width {}{}), {} x {} crops, K = {:?}, {} epochs of batch {} on {}",
+        s.arch,
+        s.base_width,
+        if s.cifar_stem { ", CIFAR stem" } else { "" },
+        s.nmb_crops
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("+"),
+        s.size_crops
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("/"),
+        s.nmb_prototypes,
+        s.epochs,
+        s.batch_size,
+        config.run.device
+    );
+    eprintln!("data: {}", data.description);
+    eprintln!("run folder: {}", config.run.out_dir.display());
+    let options = RunOptions {
+        resume_from: args.resume.clone(),
+        stop_after: None,
+    };
+    let build_spec = spec.clone();
+    let outcome = train(
+        &config,
+        &data,
+        |d| Ok(build_spec.resnet()?.init(d)?),
+        &options,
+    )?;
+    let sm = &outcome.summary;
+    println!();
+    println!("== summary");
+    if let Some(it) = sm.resumed_from_iteration {
+        println!("resumed from iteration {it}");
+    }
+    println!(
+        "trained {} iterations ({} in this session) in {:.1} s: {:.1} images/s, data wait {:.1}% of step time",
+        sm.iterations,
+        sm.iterations_this_session,
+        sm.time_s,
+        sm.images_per_s,
+        100.0 * sm.data_time_fraction
+    );
+    if let Some(l) = sm.last_epoch_loss {
+        println!(
+            "last epoch mean loss {l:.4} (collapse level ln K = {:.4})",
+            sm.collapse_loss
+        );
+    }
+    println!("batch norm: {}", sm.batchnorm);
+    println!("skipped files: {}", sm.skipped_files.len());
+    for f in sm.skipped_files.iter().take(10) {
+        println!("  {f}");
+    }
+    for w in &sm.warnings {
+        println!("warning: {w}");
+    }
+    println!("checkpoint: {}", sm.checkpoint.display());
+    println!("metrics: {}", sm.metrics.display());
+    for p in &sm.plots {
+        println!("plot: {}", p.display());
+    }
+    if let Some(k) = &sm.knn {
+        println!(
+            "kNN (k = {}, T = {}) on {} test images, memory bank {}: trained top-1 {:.2}%, top-5 {:.2}%",
+            k.config.k, k.config.temperature, k.test_samples, k.train_samples, k.top1, k.top5
+        );
+        if !args.no_baseline {
+            let base = device_for(&config)?;
+            let random = seeded_init(&base, config.swav.seed, |d| spec.resnet()?.init(d))?;
+            let r = knn_monitor(&random, &config, &data, &base)?.context("kNN baseline")?;
+            println!(
+                "kNN same backbone at random initialisation: top-1 {:.2}%, top-5 {:.2}%  (trained - random = {:+.2} points)",
+                r.top1,
+                r.top5,
+                k.top1 - r.top1
+            );
+            let path = config.run.out_dir.join("knn_baseline.json");
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&serde_json::json!({"trained": k, "random_init": r}))?,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
