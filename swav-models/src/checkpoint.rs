@@ -185,7 +185,7 @@ fn f32_values(path: &Path, name: &str, dtype: DType, bytes: &[u8]) -> Result<Vec
             format!("array `{name}` is {dtype:?}, expected f32"),
         ));
     }
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(err(path, format!("array `{name}` has a truncated value")));
     }
     Ok(bytes

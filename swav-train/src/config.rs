@@ -59,7 +59,7 @@ impl Default for DataConfig {
             kind: DataKind::Shapes10,
             path: None,
             augment: "cifar".into(),
-            shapes10_train: 5000,
+            shapes10_train: 2000,
             shapes10_test: 1000,
             shapes10_seed: 1,
             limit: 0,
@@ -145,6 +145,8 @@ impl TrainConfig {
             run: RunConfig {
                 out_dir: PathBuf::from("runs/demo"),
                 knn_every: 2,
+                knn_train_samples: 2000,
+                knn_test_samples: 1000,
                 ..RunConfig::default()
             },
         }

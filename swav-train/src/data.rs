@@ -181,7 +181,7 @@ pub fn open_data(
     let train = limited(train, config.limit, seed)?;
     let classes = knn_train.as_ref().and_then(|d| d.num_classes());
     let labelled =
-        |d: &DynDataset| d.num_classes().is_some() && d.len() > 0 && d.label(0).is_some();
+        |d: &DynDataset| d.num_classes().is_some() && !d.is_empty() && d.label(0).is_some();
     let knn_train = match knn_train.filter(labelled) {
         Some(d) => Some(limited(d, knn.0, seed ^ 0x6b6e_6e00)?),
         None => None,

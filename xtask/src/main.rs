@@ -177,7 +177,13 @@ const ALLOWED_INTERNAL: [(&str, &[&str]); 6] = [
     ("swav-data", &["swav-augment"]),
     (
         "swav-train",
-        &["swav-core", "swav-augment", "swav-data", "swav-models"],
+        &[
+            "swav-core",
+            "swav-augment",
+            "swav-data",
+            "swav-models",
+            "swav-eval",
+        ],
     ),
     ("swav-eval", &["swav-augment", "swav-data", "swav-models"]),
 ];
