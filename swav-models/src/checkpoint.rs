@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::head::{ProjectionHeadConfig, PrototypesConfig};
+use crate::import::mismatch;
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::swav::SwavModel;
 
@@ -264,22 +265,8 @@ impl Checkpoint {
     /// mismatched or extra tensors are refused with their names.
     pub fn load_model<M: ModuleSnapshot>(&self, mut model: M) -> Result<M, ModelError> {
         let result = model.apply(self.model.clone(), None, None, false);
-        if !result.missing.is_empty() || !result.errors.is_empty() || !result.unused.is_empty() {
-            let mut reason = String::from("the checkpoint does not fit the model");
-            if !result.missing.is_empty() {
-                let m: Vec<&str> = result.missing.iter().map(|(k, _)| k.as_str()).collect();
-                reason += &format!("; missing from the file: {}", m.join(", "));
-            }
-            if !result.errors.is_empty() {
-                let e: Vec<String> = result.errors.iter().map(|e| format!("{e:?}")).collect();
-                reason += &format!("; mismatched: {}", e.join("; "));
-            }
-            if !result.unused.is_empty() {
-                reason += &format!(
-                    "; in the file but not in the model: {}",
-                    result.unused.join(", ")
-                );
-            }
+        let unused: Vec<&String> = result.unused.iter().collect();
+        if let Some(reason) = mismatch("the checkpoint does not fit the model", &result, &unused) {
             return Err(err(&self.path, reason));
         }
         Ok(model)

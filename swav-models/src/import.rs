@@ -49,23 +49,36 @@ fn load<M: ModuleSnapshot, S: ModuleStore>(
             reason: e.to_string(),
         })?;
     let unused: Vec<&String> = result.unused.iter().filter(|k| !ignorable(k)).collect();
-    if !result.missing.is_empty() || !result.errors.is_empty() || !unused.is_empty() {
-        let mut reason = String::from("keys or shapes do not match");
-        if !result.missing.is_empty() {
-            let m: Vec<&str> = result.missing.iter().map(|(k, _)| k.as_str()).collect();
-            reason += &format!("; missing from the file: {}", m.join(", "));
-        }
-        if !result.errors.is_empty() {
-            let e: Vec<String> = result.errors.iter().map(|e| format!("{e:?}")).collect();
-            reason += &format!("; mismatched: {}", e.join("; "));
-        }
-        if !unused.is_empty() {
-            let u: Vec<&str> = unused.iter().map(|k| k.as_str()).collect();
-            reason += &format!("; in the file but not in the model: {}", u.join(", "));
-        }
+    if let Some(reason) = mismatch("keys or shapes do not match", &result, &unused) {
         return Err(ModelError::Weights { path: name, reason });
     }
     Ok(module)
+}
+
+/// What `result` reports as missing, mismatched or `unused` (the unused keys that matter), after
+/// `headline`; `None` when everything fits.
+pub(crate) fn mismatch(
+    headline: &str,
+    result: &burn::store::ApplyResult,
+    unused: &[&String],
+) -> Option<String> {
+    if result.missing.is_empty() && result.errors.is_empty() && unused.is_empty() {
+        return None;
+    }
+    let mut reason = String::from(headline);
+    if !result.missing.is_empty() {
+        let m: Vec<&str> = result.missing.iter().map(|(k, _)| k.as_str()).collect();
+        reason += &format!("; missing from the file: {}", m.join(", "));
+    }
+    if !result.errors.is_empty() {
+        let e: Vec<String> = result.errors.iter().map(|e| format!("{e:?}")).collect();
+        reason += &format!("; mismatched: {}", e.join("; "));
+    }
+    if !unused.is_empty() {
+        let u: Vec<&str> = unused.iter().map(|k| k.as_str()).collect();
+        reason += &format!("; in the file but not in the model: {}", u.join(", "));
+    }
+    Some(reason)
 }
 
 /// Loads a torchvision ResNet state dict (`torch.save(model.state_dict(), path)`) into `net`,
