@@ -230,12 +230,16 @@ impl<D: ImageDataset + 'static> Loader<D> {
             .collect()
     }
 
-    /// Every sample skipped so far, in the order met.
+    /// Every sample skipped so far, sorted by epoch then dataset index (the same list whatever
+    /// the worker threads' timing).
     pub fn skipped(&self) -> Vec<SkippedSample> {
-        self.skipped
+        let mut v = self
+            .skipped
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        v.sort_by_key(|s| (s.epoch, s.index));
+        v
     }
 
     /// The batches of `epoch`, starting at batch `start_batch` (to resume without replaying the
