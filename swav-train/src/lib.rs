@@ -23,7 +23,7 @@ pub use optim::{OptimConfig, Optimizer};
 pub use plot::line_chart;
 pub use schedule::LrSchedule;
 pub use trainer::{
-    AnyDataset, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, RunSummary, SUMMARY_FILE,
-    TrainOutcome, TrainState, device_for, eval_transform_for, knn_monitor, multicrop_for,
-    seeded_init, spec_for, train,
+    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, RunSummary, SUMMARY_FILE, TrainOutcome,
+    TrainState, device_for, eval_transform_for, knn_monitor, multicrop_for, seeded_init, spec_for,
+    train,
 };

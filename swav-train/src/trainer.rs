@@ -14,7 +14,7 @@ use swav_core::{
     EmbeddingQueue, QueueState, SingleWorker, normalize_prototypes, swapped_prediction_loss,
     swav_loss_multi_head,
 };
-use swav_data::{ImageDataset, Loader, LoaderConfig};
+use swav_data::{Loader, LoaderConfig};
 use swav_eval::{
     EvalTransform, ExtractConfig, KnnConfig, KnnResult, extract_features, knn_classify,
 };
@@ -96,7 +96,7 @@ pub struct RunSummary {
     pub last_epoch_loss: Option<f64>,
     /// ln K of the first head: the loss of a collapsed model.
     pub collapse_loss: f64,
-    /// Files skipped as unreadable, with the reason.
+    /// Files skipped as unreadable, each once, with the epochs it was met in and the reason.
     pub skipped_files: Vec<String>,
     /// Last kNN monitor result.
     pub knn: Option<KnnResult>,
@@ -553,10 +553,7 @@ where
     let cfg_path = out_dir.join(CONFIG_FILE);
     std::fs::write(&cfg_path, resolved).map_err(|e| TrainError::io(&cfg_path, e))?;
     let metrics_path = out_dir.join(METRICS_FILE);
-    let (mut metrics, mut history) = Metrics::open(
-        &metrics_path,
-        resumed_from.or(Some(0)).filter(|_| resumed_from.is_some()),
-    )?;
+    let (mut metrics, mut history) = Metrics::open(&metrics_path, resumed_from)?;
 
     let save = |model: &SwavModel<E>,
                 optim: &Optimizer,
@@ -849,20 +846,24 @@ where
     summary.completed = true;
     summary.iterations = iteration;
     summary.time_s = started.elapsed().as_secs_f64();
-    summary.images_per_s = summary.iterations_this_session as f64 * batch as f64
-        / step_time.max(1e-9)
-        * (step_time / (step_time + data_time).max(1e-9));
+    summary.images_per_s =
+        summary.iterations_this_session as f64 * batch as f64 / (step_time + data_time).max(1e-9);
     summary.data_time_fraction = data_time / (data_time + step_time).max(1e-9);
-    summary.skipped_files = loader
-        .skipped()
-        .iter()
-        .map(|s| format!("{} (epoch {}): {}", s.source, s.epoch, s.reason))
+    // A bad file is met again every epoch: list each file once, with the epochs it was met in.
+    let mut by_file: BTreeMap<String, (String, Vec<u64>)> = BTreeMap::new();
+    for s in loader.skipped() {
+        by_file
+            .entry(s.source)
+            .or_insert_with(|| (s.reason, Vec::new()))
+            .1
+            .push(s.epoch);
+    }
+    summary.skipped_files = by_file
+        .into_iter()
+        .map(|(file, (reason, epochs))| format!("{file} (epochs {epochs:?}): {reason}"))
         .collect();
     let sp = out_dir.join(SUMMARY_FILE);
     let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::io(&sp, e))?;
     std::fs::write(&sp, text).map_err(|e| TrainError::io(&sp, e))?;
     Ok(TrainOutcome { model, summary })
 }
-
-/// The dataset type the loader reads (any [`ImageDataset`]).
-pub type AnyDataset = std::sync::Arc<dyn ImageDataset>;
