@@ -161,6 +161,18 @@ impl MultiCropConfig {
         }
     }
 
+    /// The built-in demo on Shapes10 (32-pixel images): the CIFAR preset with the original's
+    /// full-strength colour jitter (strength 1.0, p 0.8) and grayscale with p 0.5. Shapes10
+    /// draws every image's colours at random, so colour is a cue both crops share; weaker colour
+    /// augmentation lets SwAV learn colour instead of structure (measured: `docs/results.md`).
+    pub fn demo() -> Self {
+        Self {
+            jitter: Some(JitterConfig::swav(1.0)),
+            grayscale_p: 0.5,
+            ..Self::cifar()
+        }
+    }
+
     /// STL-10 (96-pixel images): 2 x 96 (scale 0.14-1) + 6 x 48 (scale 0.05-0.14), the
     /// original's colour pipeline and blur.
     pub fn stl10() -> Self {
@@ -187,11 +199,12 @@ impl MultiCropConfig {
             "swav-2x224" => Ok(Self::swav_2x224()),
             "swav-2x160-4x96" => Ok(Self::swav_2x160_4x96()),
             "cifar" => Ok(Self::cifar()),
+            "demo" => Ok(Self::demo()),
             "stl10" => Ok(Self::stl10()),
             other => Err(AugmentError::param(
                 "preset",
                 format!(
-                    "`{other}` is unknown; choose swav, swav-2x224, swav-2x160-4x96, cifar or stl10"
+                    "`{other}` is unknown; choose swav, swav-2x224, swav-2x160-4x96, cifar, demo or stl10"
                 ),
             )),
         }

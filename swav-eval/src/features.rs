@@ -151,21 +151,26 @@ pub struct ExtractConfig {
     pub transform: EvalTransform,
 }
 
-/// Decodes and transforms `indices` of `dataset` on `workers` threads; returns the floats of the
-/// readable ones, their indices and labels, and the unreadable ones.
+/// Decodes and transforms `indices` of `dataset` on `workers` threads (`write(index, image,
+/// out)` fills the `per` floats of one sample); returns the floats of the readable ones, their
+/// indices and labels, and the unreadable ones.
 #[allow(clippy::type_complexity)]
-fn prepare<D: ImageDataset + Sync + ?Sized>(
+pub(crate) fn prepare<D, W>(
     dataset: &D,
     indices: &[usize],
-    transform: &EvalTransform,
+    per: usize,
     workers: usize,
+    write: &W,
 ) -> (
     Vec<f32>,
     Vec<usize>,
     Vec<Option<usize>>,
     Vec<(usize, String, String)>,
-) {
-    let per = transform.len();
+)
+where
+    D: ImageDataset + Sync + ?Sized,
+    W: Fn(usize, &RgbImage, &mut [f32]) -> Result<(), String> + Sync,
+{
     let mut data = vec![0f32; per * indices.len()];
     let mut ok = vec![None::<Option<usize>>; indices.len()];
     let mut errors: Vec<Option<String>> = vec![None; indices.len()];
@@ -182,10 +187,8 @@ fn prepare<D: ImageDataset + Sync + ?Sized>(
                         .get(i)
                         .map_err(|e| e.to_string())
                         .and_then(|sample| {
-                            transform
-                                .apply_into(&sample.image, &mut out[j * per..(j + 1) * per])
+                            write(i, &sample.image, &mut out[j * per..(j + 1) * per])
                                 .map(|_| sample.label)
-                                .map_err(|e| e.to_string())
                         });
                     match res {
                         Ok(l) => okc[j] = Some(l),
@@ -241,8 +244,17 @@ where
         skipped: Vec::new(),
     };
     for chunk in all.chunks(config.batch_size) {
-        let (values, kept, labels, skipped) =
-            prepare(dataset, chunk, &config.transform, config.workers);
+        let transform = config.transform;
+        let write = move |_: usize, image: &RgbImage, out: &mut [f32]| {
+            transform.apply_into(image, out).map_err(|e| e.to_string())
+        };
+        let (values, kept, labels, skipped) = prepare(
+            dataset,
+            chunk,
+            config.transform.len(),
+            config.workers,
+            &write,
+        );
         out.skipped.extend(skipped);
         if kept.is_empty() {
             continue;

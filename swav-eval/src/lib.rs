@@ -5,11 +5,23 @@
 //! - [`extract_features`] with an [`EvalTransform`]: eval-mode features of a dataset.
 //! - [`knn_classify`]: weighted kNN on L2-normalised features ([`KnnConfig::k20`],
 //!   [`KnnConfig::k200`]).
+//! - [`linear_probe_cached`] and [`linear_probe_protocol`]: the linear probe, fast on cached
+//!   features or by the original protocol.
+//! - [`assign_clusters`]: each image's prototype and code confidence, and cluster purity.
+//! - [`plot`]: PNG line charts and confusion matrices.
 
+mod assign;
 mod error;
 mod features;
 mod knn;
+mod linear;
+pub mod plot;
 
+pub use assign::{AssignmentRow, Assignments, assign_clusters, cluster_purity};
 pub use error::EvalError;
 pub use features::{EvalTransform, ExtractConfig, Features, extract_features};
 pub use knn::{KnnConfig, KnnResult, knn_classify};
+pub use linear::{
+    Accuracy, LinearClassifier, LinearProbeConfig, LinearProbeResult, ProbeAugment, ProbeEpoch,
+    ProbeMode, linear_probe_cached, linear_probe_protocol,
+};

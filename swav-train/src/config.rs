@@ -141,7 +141,10 @@ impl TrainConfig {
     pub fn demo() -> Self {
         Self {
             swav: SwavConfig::demo(),
-            data: DataConfig::default(),
+            data: DataConfig {
+                augment: "demo".into(),
+                ..DataConfig::default()
+            },
             run: RunConfig {
                 out_dir: PathBuf::from("runs/demo"),
                 knn_every: 2,

@@ -11,19 +11,20 @@ mod config;
 mod data;
 mod error;
 mod optim;
-mod plot;
 mod progress;
 mod schedule;
+mod semisup;
 mod trainer;
 
 pub use config::{DataConfig, DataKind, RunConfig, TrainConfig};
 pub use data::{DynDataset, RunData, open_data};
 pub use error::TrainError;
 pub use optim::{OptimConfig, Optimizer};
-pub use plot::line_chart;
 pub use schedule::LrSchedule;
+pub use semisup::{Classifier, SemiSupConfig, SemiSupEpoch, SemiSupResult, finetune};
+pub use swav_eval::plot::line_chart;
 pub use trainer::{
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, RunSummary, SUMMARY_FILE, TrainOutcome,
-    TrainState, device_for, eval_transform_for, knn_monitor, multicrop_for, seeded_init, spec_for,
-    train,
+    TrainState, checkpoint_config, device_for, eval_transform_for, knn_monitor, multicrop_for,
+    seeded_init, spec_for, train,
 };

@@ -26,9 +26,9 @@ use crate::TrainError;
 use crate::config::TrainConfig;
 use crate::data::RunData;
 use crate::optim::{OptimConfig, Optimizer};
-use crate::plot::line_chart;
 use crate::progress::Progress;
 use crate::schedule::LrSchedule;
+use swav_eval::plot::line_chart;
 
 /// File names inside a run folder.
 pub const CHECKPOINT_FILE: &str = "checkpoint.bpk";
@@ -39,6 +39,23 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The final summary.
 pub const SUMMARY_FILE: &str = "summary.json";
 const STATE_KEY: &str = "swav.train_state";
+
+/// The training configuration stored in a checkpoint written by [`train`] (`None` for a
+/// checkpoint from elsewhere, e.g. an exported or imported model).
+pub fn checkpoint_config(
+    ckpt: &swav_models::Checkpoint,
+) -> Result<Option<TrainConfig>, TrainError> {
+    let Some(text) = ckpt.metadata.get(STATE_KEY) else {
+        return Ok(None);
+    };
+    let state: TrainState = serde_json::from_str(text).map_err(|e| {
+        TrainError::Checkpoint(format!(
+            "{}: bad training state: {e}",
+            ckpt.path().display()
+        ))
+    })?;
+    Ok(Some(state.config))
+}
 
 /// How a run is started, beyond its configuration.
 #[derive(Debug, Clone, Default)]
@@ -823,9 +840,15 @@ where
 
         // Collapse: the loss stays at ln K and the codes use a handful of prototypes.
         let k0 = s.nmb_prototypes[0];
-        let uniform_codes = stat_n > 0 && entropy_sum / stat_n as f64 >= 0.95 * (k0 as f64).ln();
+        // With more prototypes than samples, equipartition alone spreads each code over at
+        // least K / B prototypes: "uniform" is judged within the entropy range that leaves.
+        let floor = (k0 as f64 / batch as f64).max(1.0).ln();
+        let ln_k = (k0 as f64).ln();
+        let uniform_codes =
+            stat_n > 0 && entropy_sum / stat_n as f64 >= ln_k - 0.05 * (ln_k - floor);
         let few = stat_n > 0 && used_min <= (k0.min(batch) / 10).max(1);
-        if epoch >= 2 && mean_loss >= 0.98 * collapse_loss && (few || uniform_codes) {
+        let at_ln_k = (mean_loss - collapse_loss).abs() <= 0.02 * collapse_loss;
+        if epoch >= 2 && at_ln_k && (few || uniform_codes) {
             let w = format!(
                 "epoch {epoch}: the loss ({mean_loss:.4}) stays at ln K = {collapse_loss:.4}, the codes are {} and \
                  use as few as {used_min} prototypes in a batch: the model may have collapsed. Usual remedies: freeze the prototypes longer \

@@ -1,8 +1,9 @@
 //! `cargo xtask`: the project's entry point for users and for CI.
 //!
-//! Commands: `pretrain` (SwAV pretraining, the built-in demo by default) and `tidy` (the
-//! workspace's invariants). `linear-eval` arrives with issue 7.
+//! Commands: `pretrain` (SwAV pretraining, the built-in demo by default), the evaluations
+//! `linear-eval`, `knn-eval`, `semisup` and `assign`, and `tidy` (the workspace's invariants).
 
+mod eval;
 mod pretrain;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,15 @@ enum Cmd {
     /// SwAV pretraining: the built-in demo on Shapes10 by default, or `--config FILE` with
     /// `--data PATH`; prints the kNN accuracy of the trained backbone next to a random one.
     Pretrain(pretrain::PretrainArgs),
+    /// Linear probe of a checkpoint's frozen backbone (fast cached-feature mode by default,
+    /// `--mode protocol` for the original); JSON report and confusion-matrix PNG.
+    LinearEval(eval::LinearArgs),
+    /// Weighted kNN of a checkpoint's features (k = 20, T = 0.07 and k = 200, T = 0.1).
+    KnnEval(eval::KnnArgs),
+    /// Each image's prototype and code confidence as CSV, with cluster purity.
+    Assign(eval::AssignArgs),
+    /// Semi-supervised fine-tuning on a label subset (the original's 1 % / 10 % recipes).
+    Semisup(eval::SemiSupArgs),
     /// Check the workspace's invariants: swav-augment has no burn in its dependency tree,
     /// workspace dependencies point the documented way, library crates use no global RNG and
     /// no anyhow, every Rust file starts with `//!`.
@@ -56,6 +66,10 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Tidy => tidy(&workspace_root()?),
         Cmd::Pretrain(args) => pretrain::run(&args),
+        Cmd::LinearEval(args) => eval::linear(&args),
+        Cmd::KnnEval(args) => eval::knn(&args),
+        Cmd::Assign(args) => eval::assign(&args),
+        Cmd::Semisup(args) => eval::semisup(&args),
     }
 }
 

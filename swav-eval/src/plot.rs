@@ -1,11 +1,12 @@
-//! Small PNG line charts (loss, learning rate, kNN accuracy over time) drawn with the `image`
-//! crate and a built-in 5x7 bitmap font, so a run folder can be inspected without Python.
+//! Small PNG pictures drawn with the `image` crate and a built-in 5x7 bitmap font, so a run or
+//! evaluation folder can be inspected without Python: line charts (loss, learning rate, kNN
+//! accuracy over time) and confusion matrices.
 
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use crate::TrainError;
+use crate::EvalError;
 
 const W: u32 = 640;
 const H: u32 = 400;
@@ -111,7 +112,7 @@ pub fn line_chart(
     title: &str,
     x_label: &str,
     points: &[(f64, f64)],
-) -> Result<(), TrainError> {
+) -> Result<(), EvalError> {
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
     let black = Rgb([0, 0, 0]);
     let grey = Rgb([220, 220, 220]);
@@ -186,8 +187,63 @@ pub fn line_chart(
     text(&mut img, lx, H - 14, x_label, black);
     let tmp = path.with_extension("png.tmp");
     img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| TrainError::io(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+        .map_err(|e| EvalError::io(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
+}
+
+/// Draws a confusion matrix (`matrix[true][predicted]` counts) as a PNG heat map at `path`:
+/// rows are true classes, columns predictions, each cell shaded by its share of its row (so
+/// classes of different sizes compare), with the counts written in when the cells are large
+/// enough and the class indices along the axes. `title` goes on top.
+pub fn confusion_chart(path: &Path, title: &str, matrix: &[Vec<usize>]) -> Result<(), EvalError> {
+    let n = matrix.len().max(1) as u32;
+    let cell = (640 / n).clamp(4, 40);
+    let (left, top) = (40u32, 40u32);
+    let side = cell * n;
+    let mut img = RgbImage::from_pixel(left + side + 20, top + side + 30, Rgb([255, 255, 255]));
+    let black = Rgb([0, 0, 0]);
+    text(&mut img, 4, 12, title, black);
+    for (t, row) in matrix.iter().enumerate() {
+        let total = row.iter().sum::<usize>().max(1) as f64;
+        for (p, &count) in row.iter().enumerate() {
+            let share = count as f64 / total;
+            // White (0) to dark blue (1).
+            let shade = |full: f64| (255.0 - share * (255.0 - full)).round() as u8;
+            let colour = Rgb([shade(8.0), shade(48.0), shade(107.0)]);
+            let (x0, y0) = (left + p as u32 * cell, top + t as u32 * cell);
+            for y in y0..y0 + cell {
+                for x in x0..x0 + cell {
+                    img.put_pixel(x, y, colour);
+                }
+            }
+            let digits = count.to_string();
+            if cell >= 6 * digits.len() as u32 + 4 && cell >= 12 {
+                let ink = if share > 0.5 {
+                    Rgb([255, 255, 255])
+                } else {
+                    black
+                };
+                let tx = x0 + (cell - 6 * digits.len() as u32) / 2;
+                text(&mut img, tx, y0 + (cell - 7) / 2, &digits, ink);
+            }
+        }
+        if cell >= 10 || t % 10 == 0 {
+            text(
+                &mut img,
+                4,
+                top + t as u32 * cell + cell.saturating_sub(7) / 2,
+                &t.to_string(),
+                black,
+            );
+            let l = t.to_string();
+            let tx = (left + t as u32 * cell + cell / 2).saturating_sub(3 * l.len() as u32);
+            text(&mut img, tx, top + side + 6, &l, black);
+        }
+    }
+    let tmp = path.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| EvalError::io(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
 }
 
 #[cfg(test)]
@@ -206,5 +262,24 @@ mod tests {
         assert!(blue > 200, "the line is drawn ({blue} pixels)");
         // The first point (highest loss) is at the top left of the plot area.
         assert_eq!(img.get_pixel(LEFT, TOP).0, [31, 119, 180]);
+    }
+
+    #[test]
+    fn confusion_cells_are_shaded_by_row_share() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("confusion.png");
+        // Class 0 always right; class 1 half wrong.
+        confusion_chart(&p, "CONFUSION", &[vec![10, 0], vec![5, 5]]).expect("chart");
+        let img = image::open(&p).expect("png").to_rgb8();
+        let cell = 40;
+        let at = |t: u32, q: u32| img.get_pixel(40 + q * cell + 1, 40 + t * cell + 1).0;
+        assert_eq!(
+            at(0, 0),
+            [8, 48, 107],
+            "a full row share is the darkest blue"
+        );
+        assert_eq!(at(0, 1), [255, 255, 255], "an empty cell is white");
+        assert_eq!(at(1, 0), at(1, 1), "equal shares, equal shades");
+        assert_ne!(at(1, 0), at(0, 0));
     }
 }
