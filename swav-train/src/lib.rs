@@ -26,5 +26,5 @@ pub use swav_eval::plot::line_chart;
 pub use trainer::{
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, RunSummary, SUMMARY_FILE, TrainOutcome,
     TrainState, checkpoint_config, device_for, eval_transform_for, knn_monitor, multicrop_for,
-    seeded_init, spec_for, train,
+    normalize_heads, seeded_init, spec_for, train,
 };

@@ -260,7 +260,7 @@ fn workers(config: &TrainConfig) -> usize {
 }
 
 /// Normalises every prototype head (without gradient), as the original does before each step.
-fn normalize_heads<E: Module>(mut model: SwavModel<E>) -> SwavModel<E> {
+pub fn normalize_heads<E: Module>(mut model: SwavModel<E>) -> SwavModel<E> {
     model.prototypes.heads = model
         .prototypes
         .heads

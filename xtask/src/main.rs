@@ -3,6 +3,7 @@
 //! Commands: `pretrain` (SwAV pretraining, the built-in demo by default), the evaluations
 //! `linear-eval`, `knn-eval`, `semisup` and `assign`, and `tidy` (the workspace's invariants).
 
+mod bench;
 mod eval;
 mod pretrain;
 
@@ -32,6 +33,9 @@ enum Cmd {
     KnnEval(eval::KnnArgs),
     /// Each image's prototype and code confidence as CSV, with cluster purity.
     Assign(eval::AssignArgs),
+    /// SwAV training-step throughput on random data, on the shapes of the PyTorch peer
+    /// (`../shared/refs/torch_swav_step.py`); one JSON line.
+    Bench(bench::BenchArgs),
     /// Semi-supervised fine-tuning on a label subset (the original's 1 % / 10 % recipes).
     Semisup(eval::SemiSupArgs),
     /// Check the workspace's invariants: swav-augment has no burn in its dependency tree,
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
         Cmd::KnnEval(args) => eval::knn(&args),
         Cmd::Assign(args) => eval::assign(&args),
         Cmd::Semisup(args) => eval::semisup(&args),
+        Cmd::Bench(args) => bench::run(&args),
     }
 }
 
