@@ -3,35 +3,12 @@
 
 use burn::tensor::Device;
 use swav_augment::{Normalize, RgbImage};
-use swav_data::{DataError, ImageDataset, Sample, Shapes10};
+mod common;
+
+use common::WithBroken;
+use swav_data::{ImageDataset, Shapes10};
 use swav_eval::{EvalTransform, ExtractConfig, extract_features};
 use swav_models::ResNetConfig;
-
-struct WithBroken(Shapes10);
-
-impl ImageDataset for WithBroken {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        if index == 3 {
-            return Err(DataError::InvalidParameter {
-                field: "image",
-                reason: "truncated file (test)".into(),
-            });
-        }
-        self.0.get(index)
-    }
-    fn num_classes(&self) -> Option<usize> {
-        self.0.num_classes()
-    }
-    fn label(&self, index: usize) -> Option<usize> {
-        self.0.label(index)
-    }
-    fn describe(&self, index: usize) -> String {
-        format!("broken-{index}.png")
-    }
-}
 
 #[test]
 fn features_of_every_readable_sample_in_order_and_batch_independent() {
@@ -42,7 +19,11 @@ fn features_of_every_readable_sample_in_order_and_batch_independent() {
         .with_base_width(4);
     cfg.cifar_stem = true;
     let net = cfg.init(&device).expect("net");
-    let data = WithBroken(Shapes10::test(1, 10));
+    let data = WithBroken {
+        inner: Shapes10::test(1, 10),
+        broken: 3,
+        prefix: "broken-",
+    };
     let extract = |batch| {
         extract_features(
             &net,

@@ -3,39 +3,15 @@
 
 use burn::tensor::Device;
 use swav_augment::Normalize;
-use swav_data::{DataError, ImageDataset, Sample, Shapes10};
+mod common;
+
+use common::WithBroken;
+use swav_data::Shapes10;
 use swav_eval::{
     EvalTransform, ExtractConfig, LinearProbeConfig, ProbeAugment, ProbeMode, assign_clusters,
     extract_features, linear_probe_protocol,
 };
 use swav_models::SwavModelSpec;
-
-/// Shapes10 whose sample 5 cannot be read.
-struct WithBroken(Shapes10);
-
-impl ImageDataset for WithBroken {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        if index == 5 {
-            return Err(DataError::InvalidParameter {
-                field: "image",
-                reason: "truncated file (test)".into(),
-            });
-        }
-        self.0.get(index)
-    }
-    fn num_classes(&self) -> Option<usize> {
-        self.0.num_classes()
-    }
-    fn label(&self, index: usize) -> Option<usize> {
-        self.0.label(index)
-    }
-    fn describe(&self, index: usize) -> String {
-        format!("img,{index}.png")
-    }
-}
 
 fn spec() -> SwavModelSpec {
     SwavModelSpec {
@@ -61,7 +37,11 @@ fn protocol_probe_is_deterministic_whatever_the_threads_and_skips_bad_files() {
     let device = Device::flex();
     device.seed(11);
     let model = spec().init(&device).expect("model");
-    let train = WithBroken(Shapes10::train(2, 120));
+    let train = WithBroken {
+        inner: Shapes10::train(2, 120),
+        broken: 5,
+        prefix: "img,",
+    };
     let test = extract_features(
         &model.backbone,
         &Shapes10::test(2, 60),
@@ -111,7 +91,11 @@ fn assignment_rows_confidences_purity_and_csv() {
     let device = Device::flex();
     device.seed(12);
     let model = spec().init(&device).expect("model");
-    let data = WithBroken(Shapes10::test(4, 40));
+    let data = WithBroken {
+        inner: Shapes10::test(4, 40),
+        broken: 5,
+        prefix: "img,",
+    };
     let a = assign_clusters(&model, &data, &extract(2), 0, 0.1, &device).expect("assign");
     assert_eq!(a.rows.len(), 39, "every readable image once");
     assert_eq!(a.skipped.len(), 1);

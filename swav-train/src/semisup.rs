@@ -14,7 +14,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use swav_augment::{CropGroup, MultiCrop, MultiCropConfig, Normalize};
@@ -187,13 +187,6 @@ pub struct SemiSupResult {
     pub skipped_files: Vec<String>,
 }
 
-/// A standard normal draw.
-fn normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-}
-
 fn accuracy<E: Backbone + Module>(
     model: &Classifier<E>,
     test: &DynDataset,
@@ -306,15 +299,15 @@ where
         },
     )?;
     let dim = backbone.feature_dim();
+    // N(0, 0.01) weights and zero bias, drawn as the linear probe draws them; burn's Linear
+    // stores the weight as [in, out].
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5345_4d49);
-    let w: Vec<f32> = (0..dim * classes)
-        .map(|_| normal(&mut rng) * 0.01)
-        .collect();
+    let init = LinearClassifier::new(dim, classes, 0.01, &mut rng);
     let fc = Linear {
-        weight: Param::from_tensor(Tensor::from_data(
-            TensorData::new(w, [dim, classes]),
-            device,
-        )),
+        weight: Param::from_tensor(
+            Tensor::<2>::from_data(TensorData::new(init.weight, [classes, dim]), device)
+                .transpose(),
+        ),
         bias: Some(Param::from_tensor(Tensor::zeros([classes], device))),
     };
     let mut model = Classifier { backbone, fc };

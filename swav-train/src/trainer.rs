@@ -11,8 +11,8 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use swav_augment::{CropGroup, MultiCrop, MultiCropConfig};
 use swav_core::{
-    EmbeddingQueue, QueueState, SingleWorker, normalize_prototypes, swapped_prediction_loss,
-    swav_loss_multi_head,
+    EmbeddingQueue, QueueState, SingleWorker, SwavConfig, SwavLossOutput, normalize_prototypes,
+    swapped_prediction_loss, swav_loss_multi_head,
 };
 use swav_data::{Loader, LoaderConfig};
 use swav_eval::{
@@ -257,6 +257,38 @@ fn workers(config: &TrainConfig) -> usize {
     } else {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
+}
+
+/// The SwAV objective of one batch, in the original's order: the multi-crop forward of
+/// `groups` (one tensor per resolution group, crop-major, `batch` images), then for each prototype head the
+/// codes of `crops_for_assign` without gradient (with the queue when it is full) and the
+/// swapped-prediction loss. The prototypes must have been normalised ([`normalize_heads`]).
+/// Returns each head's scores and the loss with its codes.
+pub fn forward_loss<E: Backbone + Module>(
+    model: &SwavModel<E>,
+    groups: &[Tensor<4>],
+    batch: usize,
+    s: &SwavConfig,
+    queue: Option<&mut EmbeddingQueue>,
+) -> (Vec<Tensor<2>>, SwavLossOutput) {
+    let out = model.forward(groups);
+    let heads: Vec<(Tensor<2>, Tensor<2>)> = out
+        .scores
+        .iter()
+        .zip(&model.prototypes.heads)
+        .map(|(sc, h)| (sc.clone(), h.weight.val().detach()))
+        .collect();
+    let lo = swav_loss_multi_head(
+        &heads,
+        out.embeddings,
+        batch,
+        &s.crops_for_assign,
+        s.temperature,
+        &s.sinkhorn(),
+        queue,
+        &SingleWorker,
+    );
+    (out.scores, lo)
 }
 
 /// Normalises every prototype head (without gradient), as the original does before each step.
@@ -690,27 +722,11 @@ where
                 .into_iter()
                 .map(|g| g.into_tensor(&device))
                 .collect();
-            let out = model.forward(&groups);
-            let heads: Vec<(Tensor<2>, Tensor<2>)> = out
-                .scores
-                .iter()
-                .zip(&model.prototypes.heads)
-                .map(|(sc, h)| (sc.clone(), h.weight.val().detach()))
-                .collect();
-            let lo = swav_loss_multi_head(
-                &heads,
-                out.embeddings.clone(),
-                batch,
-                &s.crops_for_assign,
-                s.temperature,
-                &s.sinkhorn(),
-                queue.as_mut(),
-                &SingleWorker,
-            );
+            let (scores, lo) = forward_loss(&model, &groups, batch, s, queue.as_mut());
             let loss_value = lo.loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
                 let mut parts = Vec::new();
-                for (h, (sc, _)) in heads.iter().enumerate() {
+                for (h, sc) in scores.iter().enumerate() {
                     let v = to_vec(sc.clone().detach());
                     let (mn, mx) = v
                         .iter()

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
-use swav_core::{OptimizerKind, SingleWorker, SwavConfig, swav_loss_multi_head};
+use swav_core::{OptimizerKind, SwavConfig};
 use swav_models::SwavModelSpec;
 use swav_train::{OptimConfig, Optimizer, seeded_init};
 
@@ -86,6 +86,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         trust: 0.001,
         exclude_bn_bias: false,
     });
+    // The peer's loss settings: crops 0 and 1 assigned, T 0.1, epsilon 0.05, 3 iterations.
     let swav = SwavConfig::default();
     // One tensor per resolution group, crop-major, as the loader makes them.
     let groups: Vec<Tensor<4>> = crops
@@ -103,23 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();
         model = swav_train::normalize_heads(model);
-        let out = model.forward(&groups);
-        let heads: Vec<(Tensor<2>, Tensor<2>)> = out
-            .scores
-            .iter()
-            .zip(&model.prototypes.heads)
-            .map(|(sc, h)| (sc.clone(), h.weight.val().detach()))
-            .collect();
-        let lo = swav_loss_multi_head(
-            &heads,
-            out.embeddings,
-            args.batch,
-            &[0, 1],
-            swav.temperature,
-            &swav.sinkhorn(),
-            None,
-            &SingleWorker,
-        );
+        let (_, lo) = swav_train::forward_loss(&model, &groups, args.batch, &swav, None);
         last = lo.loss.clone().into_scalar::<f32>();
         let grads = lo.loss.backward();
         model = optim.step(model, &grads, 0.1, &|_| false);

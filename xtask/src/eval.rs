@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::pretrain::{data_overrides, folder_if_path};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use swav_eval::{
@@ -15,8 +16,8 @@ use swav_eval::{
 };
 use swav_models::{ResNet, SwavModel, SwavModelSpec, load_swav_checkpoint, read_checkpoint};
 use swav_train::{
-    CHECKPOINT_FILE, DataKind, TrainConfig, checkpoint_config, device_for, eval_transform_for,
-    open_data, seeded_init,
+    CHECKPOINT_FILE, TrainConfig, checkpoint_config, device_for, eval_transform_for, open_data,
+    seeded_init,
 };
 
 /// Which model to evaluate and on what data (shared by the evaluation commands).
@@ -118,10 +119,6 @@ struct Loaded {
     out_dir: PathBuf,
 }
 
-fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
 fn is_pytorch(p: &Path) -> bool {
     matches!(
         p.extension().and_then(|e| e.to_str()),
@@ -131,16 +128,7 @@ fn is_pytorch(p: &Path) -> bool {
 
 /// Loads the model and resolves the config (architecture, data) the evaluation uses.
 fn load(args: &ModelArgs) -> Result<Loaded> {
-    let mut overrides: Vec<String> = Vec::new();
-    if let Some(k) = &args.data_kind {
-        overrides.push(format!("data.kind=\"{k}\""));
-    }
-    if let Some(p) = &args.data {
-        overrides.push(format!(
-            "data.path={}",
-            toml_string(&p.display().to_string())
-        ));
-    }
+    let mut overrides = data_overrides(args.data.as_deref(), args.data_kind.as_deref());
     overrides.extend(args.set.iter().cloned());
     let base_config = |stored: Option<TrainConfig>| -> Result<TrainConfig> {
         let text = match (&args.config, stored) {
@@ -150,9 +138,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
             (None, None) => TrainConfig::demo().to_toml()?,
         };
         let mut c = TrainConfig::from_toml(&text, &overrides)?;
-        if args.data.is_some() && args.data_kind.is_none() && c.data.kind == DataKind::Shapes10 {
-            c.data.kind = DataKind::Folder;
-        }
+        folder_if_path(&mut c, args.data.is_some(), args.data_kind.is_some());
         c.run.device = "cpu".into();
         Ok(c)
     };

@@ -52,16 +52,7 @@ pub struct PretrainArgs {
 
 /// The resolved configuration of the arguments.
 pub fn resolve(args: &PretrainArgs) -> Result<TrainConfig> {
-    let mut overrides = Vec::new();
-    if let Some(k) = &args.data_kind {
-        overrides.push(format!("data.kind=\"{k}\""));
-    }
-    if let Some(p) = &args.data {
-        overrides.push(format!(
-            "data.path={}",
-            toml_string(&p.display().to_string())
-        ));
-    }
+    let mut overrides = data_overrides(args.data.as_deref(), args.data_kind.as_deref());
     if let Some(o) = &args.out {
         overrides.push(format!(
             "run.out_dir={}",
@@ -88,15 +79,37 @@ pub fn resolve(args: &PretrainArgs) -> Result<TrainConfig> {
             TrainConfig::from_toml(&base, &overrides)?
         }
     };
-    if args.data.is_some() && args.data_kind.is_none() && config.data.kind == DataKind::Shapes10 {
-        config.data.kind = DataKind::Folder;
-    }
+    folder_if_path(&mut config, args.data.is_some(), args.data_kind.is_some());
     config.validate()?;
     Ok(config)
 }
 
-fn toml_string(s: &str) -> String {
+/// A value as a TOML string literal.
+pub fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// The config overrides of `--data PATH` and `--data-kind K`.
+pub fn data_overrides(data: Option<&std::path::Path>, kind: Option<&str>) -> Vec<String> {
+    let mut o = Vec::new();
+    if let Some(k) = kind {
+        o.push(format!("data.kind={}", toml_string(k)));
+    }
+    if let Some(p) = data {
+        o.push(format!(
+            "data.path={}",
+            toml_string(&p.display().to_string())
+        ));
+    }
+    o
+}
+
+/// `--data PATH` without `--data-kind` over a config that uses the built-in data means an
+/// image folder.
+pub fn folder_if_path(config: &mut TrainConfig, data: bool, kind: bool) {
+    if data && !kind && config.data.kind == DataKind::Shapes10 {
+        config.data.kind = DataKind::Folder;
+    }
 }
 
 /// Runs `cargo xtask pretrain`.
