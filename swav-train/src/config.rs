@@ -75,7 +75,8 @@ impl Default for DataConfig {
 pub struct RunConfig {
     /// The run folder (config, checkpoint, metrics, plots, summary).
     pub out_dir: PathBuf,
-    /// `cpu` (burn's flex backend) or `wgpu` (GPU; needs the `wgpu` feature).
+    /// `cpu` (burn's flex backend), or `wgpu` / `wgpu:N` (a GPU through burn's wgpu backend;
+    /// needs the `wgpu` feature).
     pub device: String,
     /// Write a checkpoint every N iterations (0: only at epoch ends).
     pub checkpoint_every: usize,
@@ -217,8 +218,12 @@ impl TrainConfig {
         if self.data.prefetch == 0 {
             return bad("data.prefetch", "must be at least 1");
         }
-        if !matches!(self.run.device.as_str(), "cpu" | "wgpu") {
-            return bad("run.device", "must be `cpu` or `wgpu`");
+        let d = self.run.device.as_str();
+        let gpu_index = d
+            .strip_prefix("wgpu:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !(matches!(d, "cpu" | "wgpu" | "gpu") || gpu_index) {
+            return bad("run.device", "must be `cpu`, `wgpu` (or `gpu`) or `wgpu:N`");
         }
         if self.run.log_every == 0 {
             return bad("run.log_every", "must be at least 1");

@@ -173,8 +173,24 @@ pub fn seeded_init<M: Module, E>(
 pub fn device_for(config: &TrainConfig) -> Result<Device, TrainError> {
     match config.run.device.as_str() {
         "cpu" => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" | "gpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "wgpu")]
+        other if other.starts_with("wgpu:") => {
+            let index = other["wgpu:".len()..].parse::<usize>().map_err(|_| {
+                TrainError::ConfigFile(format!(
+                    "run.device = `{other}`: the GPU index after `wgpu:` must be a number"
+                ))
+            })?;
+            Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index)))
+        }
         other => Err(TrainError::ConfigFile(format!(
-            "run.device = `{other}` is not built into this binary (rebuild with the `wgpu` feature for GPUs)"
+            "run.device = `{other}` is not built into this binary ({})",
+            if cfg!(feature = "wgpu") {
+                "choose cpu, wgpu or wgpu:N"
+            } else {
+                "choose cpu, or rebuild with `--features wgpu` for GPUs through wgpu"
+            }
         ))),
     }
 }

@@ -97,6 +97,15 @@ fn unknown_and_invalid_settings_are_refused_with_their_names() {
             .to_string()
             .contains("run.device")
     );
+    let c = TrainConfig::from_toml("", &["run.device=\"wgpu:x\"".into()]).expect("parses");
+    assert!(c.validate().is_err(), "a GPU index must be a number");
+    let c = TrainConfig::from_toml("", &["run.device=\"wgpu:1\"".into()]).expect("parses");
+    c.validate().expect("wgpu:N is a device name");
+    // Without the `wgpu` feature the GPU is named but not built in: a clear error, no panic.
+    if !cfg!(feature = "wgpu") {
+        let e = swav_train::device_for(&c).expect_err("not built in");
+        assert!(e.to_string().contains("--features wgpu"), "{e}");
+    }
 }
 
 #[test]
