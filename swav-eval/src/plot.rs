@@ -203,6 +203,13 @@ pub fn confusion_chart(path: &Path, title: &str, matrix: &[Vec<usize>]) -> Resul
     let mut img = RgbImage::from_pixel(left + side + 20, top + side + 30, Rgb([255, 255, 255]));
     let black = Rgb([0, 0, 0]);
     text(&mut img, 4, 12, title, black);
+    text(
+        &mut img,
+        4,
+        26,
+        "ROWS TRUE CLASS   COLUMNS PREDICTED",
+        black,
+    );
     for (t, row) in matrix.iter().enumerate() {
         let total = row.iter().sum::<usize>().max(1) as f64;
         for (p, &count) in row.iter().enumerate() {
