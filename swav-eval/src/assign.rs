@@ -5,10 +5,9 @@ use std::io::Write;
 use std::path::Path;
 
 use burn::module::Module;
+use burn::tensor::Device;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use swav_augment::RgbImage;
 use swav_data::ImageDataset;
 use swav_models::{Backbone, SwavModel};
 
@@ -97,30 +96,20 @@ where
     }
     let net = model.valid();
     let side = config.transform.crop as usize;
-    let transform = config.transform;
-    let write = move |_: usize, image: &RgbImage, out: &mut [f32]| {
-        transform.apply_into(image, out).map_err(|e| e.to_string())
-    };
+    let write = crate::features::eval_writer(config.transform);
     let all: Vec<usize> = (0..dataset.len()).collect();
     let mut rows = Vec::with_capacity(all.len());
     let mut skipped = Vec::new();
     let mut k = 0;
     for chunk in all.chunks(config.batch_size) {
-        let (values, kept, labels, bad) =
-            crate::features::prepare(dataset, chunk, transform.len(), config.workers, &write);
-        skipped.extend(bad);
-        if kept.is_empty() {
-            continue;
-        }
-        let n = kept.len();
-        let x = Tensor::<4>::from_data(TensorData::new(values, [n, 3, side, side]), device);
+        let b =
+            crate::features::prepare_batch(dataset, chunk, side, config.workers, &write, device);
+        skipped.extend(b.skipped);
+        let Some(x) = b.images else { continue };
         let scores = net.forward(&[x]).scores.swap_remove(head);
         k = scores.dims()[1];
-        let p = softmax(scores.div_scalar(temperature), 1)
-            .into_data()
-            .try_to_vec_as::<f32>()
-            .map_err(|e| EvalError::invalid("scores", format!("{e:?}")))?;
-        for ((row, &index), label) in p.chunks(k).zip(&kept).zip(labels) {
+        let p = crate::features::floats(softmax(scores.div_scalar(temperature), 1), "scores")?;
+        for ((row, &index), label) in p.chunks(k).zip(&b.kept).zip(b.labels) {
             let (cluster, conf) = row
                 .iter()
                 .enumerate()

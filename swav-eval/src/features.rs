@@ -215,6 +215,61 @@ where
     (values, kept, labels, skipped)
 }
 
+/// The readable samples of one batch, stacked for the model.
+pub(crate) struct Prepared {
+    /// `[kept, 3, side, side]`; `None` when no sample of the batch could be read.
+    pub images: Option<Tensor<4>>,
+    /// Dataset index of each row.
+    pub kept: Vec<usize>,
+    /// Label of each row.
+    pub labels: Vec<Option<usize>>,
+    /// Unreadable samples: (index, file, reason).
+    pub skipped: Vec<(usize, String, String)>,
+}
+
+/// [`prepare`] for square images of `side` pixels, stacked into one tensor on `device`.
+pub(crate) fn prepare_batch<D, W>(
+    dataset: &D,
+    indices: &[usize],
+    side: usize,
+    workers: usize,
+    write: &W,
+    device: &Device,
+) -> Prepared
+where
+    D: ImageDataset + Sync + ?Sized,
+    W: Fn(usize, &RgbImage, &mut [f32]) -> Result<(), String> + Sync,
+{
+    let (values, kept, labels, skipped) =
+        prepare(dataset, indices, 3 * side * side, workers, write);
+    let images = (!kept.is_empty()).then(|| {
+        Tensor::<4>::from_data(TensorData::new(values, [kept.len(), 3, side, side]), device)
+    });
+    Prepared {
+        images,
+        kept,
+        labels,
+        skipped,
+    }
+}
+
+/// The per-sample writer of an evaluation transform, for [`prepare_batch`].
+pub(crate) fn eval_writer(
+    transform: EvalTransform,
+) -> impl Fn(usize, &RgbImage, &mut [f32]) -> Result<(), String> + Sync {
+    move |_, image, out| transform.apply_into(image, out).map_err(|e| e.to_string())
+}
+
+/// The values of a tensor as f32, or an error naming `what`.
+pub(crate) fn floats<const D: usize>(
+    t: Tensor<D>,
+    what: &'static str,
+) -> Result<Vec<f32>, EvalError> {
+    t.into_data()
+        .try_to_vec_as::<f32>()
+        .map_err(|e| EvalError::invalid(what, format!("{e:?}")))
+}
+
 /// Global-average-pooled features of every sample of `dataset` under a frozen `backbone` in
 /// eval mode (BatchNorm uses its running statistics; no gradient is tracked). Unreadable
 /// samples are skipped and listed in [`Features::skipped`].
@@ -243,32 +298,15 @@ where
         indices: Vec::with_capacity(all.len()),
         skipped: Vec::new(),
     };
+    let write = eval_writer(config.transform);
     for chunk in all.chunks(config.batch_size) {
-        let transform = config.transform;
-        let write = move |_: usize, image: &RgbImage, out: &mut [f32]| {
-            transform.apply_into(image, out).map_err(|e| e.to_string())
-        };
-        let (values, kept, labels, skipped) = prepare(
-            dataset,
-            chunk,
-            config.transform.len(),
-            config.workers,
-            &write,
-        );
-        out.skipped.extend(skipped);
-        if kept.is_empty() {
-            continue;
-        }
-        let n = kept.len();
-        let x = Tensor::<4>::from_data(TensorData::new(values, [n, 3, side, side]), device);
-        let f = net.forward_features(x);
-        let v = f
-            .into_data()
-            .try_to_vec_as::<f32>()
-            .map_err(|e| EvalError::invalid("features", format!("{e:?}")))?;
-        out.values.extend(v);
-        out.labels.extend(labels);
-        out.indices.extend(kept);
+        let b = prepare_batch(dataset, chunk, side, config.workers, &write, device);
+        out.skipped.extend(b.skipped);
+        let Some(x) = b.images else { continue };
+        out.values
+            .extend(floats(net.forward_features(x), "features")?);
+        out.labels.extend(b.labels);
+        out.indices.extend(b.kept);
     }
     Ok(out)
 }

@@ -507,7 +507,6 @@ where
     B: swav_models::Backbone + burn::module::Module,
     D: swav_data::ImageDataset + Sync + ?Sized,
 {
-    use burn::tensor::{Tensor, TensorData};
     let crop = swav_augment::RandomResizedCrop::new(augment.size, augment.scale)?;
     augment.normalize.validate()?;
     let yte = checked_labels(test, classes, "test labels")?;
@@ -542,7 +541,6 @@ where
         ));
     }
     let side = augment.size as usize;
-    let per = 3 * side * side;
     let seed = config.seed;
     let mut skipped: std::collections::BTreeMap<usize, (String, String)> = Default::default();
     let result = run_probe(
@@ -564,22 +562,18 @@ where
                     .write_chw(&img, out)
                     .map_err(|e| e.to_string())
             };
-            let (values, kept, _, bad) =
-                crate::features::prepare(train, order, per, extract.workers, &write);
-            for (i, file, why) in bad {
+            let b =
+                crate::features::prepare_batch(train, order, side, extract.workers, &write, device);
+            for (i, file, why) in b.skipped {
                 skipped.entry(i).or_insert((file, why));
             }
-            if kept.is_empty() {
+            let Some(x) = b.images else {
                 return Ok((Vec::new(), Vec::new()));
-            }
-            let n = kept.len();
-            let x = Tensor::<4>::from_data(TensorData::new(values, [n, 3, side, side]), device);
-            let f = net
-                .forward_features(x)
-                .into_data()
-                .try_to_vec_as::<f32>()
-                .map_err(|e| EvalError::invalid("features", format!("{e:?}")))?;
-            Ok((f, kept))
+            };
+            Ok((
+                crate::features::floats(net.forward_features(x), "features")?,
+                b.kept,
+            ))
         },
     )?;
     let skipped = skipped.into_iter().map(|(i, (f, w))| (i, f, w)).collect();

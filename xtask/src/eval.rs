@@ -111,6 +111,14 @@ pub struct AssignArgs {
     pub train_split: bool,
 }
 
+/// Where the weights come from.
+enum Weights {
+    /// A PyTorch file (original SwAV checkpoint or torchvision state dict).
+    PyTorch(PathBuf),
+    /// Our checkpoint, already read.
+    Ours(Box<swav_models::Checkpoint>),
+}
+
 /// A loaded model with where it came from.
 struct Loaded {
     model: SwavModel<ResNet>,
@@ -149,8 +157,9 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
             p.clone()
         }
     });
-    let (config, weights): (TrainConfig, Option<(PathBuf, bool)>) = match &ckpt_path {
-        Some(p) if is_pytorch(p) => (base_config(None)?, Some((p.clone(), true))),
+    // Our checkpoint is read once: its config and spec, then its weights.
+    let (config, weights): (TrainConfig, Option<Weights>) = match &ckpt_path {
+        Some(p) if is_pytorch(p) => (base_config(None)?, Some(Weights::PyTorch(p.clone()))),
         Some(p) => {
             let ckpt = read_checkpoint(p)?;
             let stored = checkpoint_config(&ckpt)?;
@@ -159,7 +168,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
             if let Some(spec) = ckpt.spec()? {
                 apply_spec(&mut c, &spec);
             }
-            (c, Some((p.clone(), false)))
+            (c, Some(Weights::Ours(Box::new(ckpt))))
         }
         None if args.random_init => (base_config(None)?, None),
         None => bail!(
@@ -172,18 +181,21 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     let seed = config.swav.seed;
     let mut model = seeded_init(&device, seed, |d| spec.init(d))?;
     let mut source = format!("random initialisation (seed {seed})");
-    if !args.random_init
-        && let Some((p, pytorch)) = &weights
-    {
-        model = if *pytorch {
-            load_swav_checkpoint(model, p, args.top_level_key.as_deref())?
-        } else {
-            read_checkpoint(p)?.load_model(model)?
-        };
-        source = p.display().to_string();
+    if !args.random_init {
+        match &weights {
+            Some(Weights::PyTorch(p)) => {
+                model = load_swav_checkpoint(model, p, args.top_level_key.as_deref())?;
+                source = p.display().to_string();
+            }
+            Some(Weights::Ours(ckpt)) => {
+                model = ckpt.load_model(model)?;
+                source = ckpt.path().display().to_string();
+            }
+            None => {}
+        }
     }
-    let run_dir = match (&ckpt_path, weights.as_ref().map(|w| w.1)) {
-        (Some(p), Some(false)) => p.parent().map(Path::to_path_buf),
+    let run_dir = match &weights {
+        Some(Weights::Ours(ckpt)) => ckpt.path().parent().map(Path::to_path_buf),
         _ => None,
     };
     let out_dir = match &args.out {
