@@ -104,14 +104,14 @@ proptest! {
     }
 
     #[test]
-    fn two_workers_equal_one_worker_on_the_whole_batch(
-        half in 1usize..20, k in 1usize..16, iters in 1usize..5, seed in any::<u64>()
+    fn n_workers_equal_one_worker_on_the_whole_batch(
+        world in 2usize..=3, half in 1usize..20, k in 1usize..16, iters in 1usize..5, seed in any::<u64>()
     ) {
-        let b = 2 * half;
+        let b = world * half;
         let s = random_scores(b, k, seed);
         let cfg = SinkhornConfig { iterations: iters, ..SinkhornConfig::default() };
         let whole = values(sinkhorn(tensor2(&s, b, k, &device()), &cfg, &SingleWorker));
-        let workers = LocalGroup::workers(2);
+        let workers = LocalGroup::workers(world);
         let halves: Vec<Vec<f64>> = std::thread::scope(|scope| {
             let handles: Vec<_> = workers.into_iter().enumerate().map(|(rank, w)| {
                 let part = s[rank * half * k..(rank + 1) * half * k].to_vec();

@@ -234,10 +234,18 @@ impl TrainConfig {
         if !(self.run.knn_temperature.is_finite() && self.run.knn_temperature > 0.0) {
             return bad("run.knn_temperature", "must be positive");
         }
-        if self.swav.world_size != 1 {
+        if self.swav.world_size > 1 && self.swav.sync_bn {
+            return bad(
+                "swav.sync_bn",
+                "is not available: synchronised BatchNorm needs a collective inside the backward \
+                 pass, which burn 0.22 offers on no backend built here; the workers use per-worker \
+                 statistics (set sync_bn = false; see docs/design/data-parallel.md)",
+            );
+        }
+        if self.swav.world_size > 1 && self.run.device == "cpu" && self.swav.world_size > 64 {
             return bad(
                 "swav.world_size",
-                "must be 1 in this version: data-parallel training is not implemented yet",
+                "is more than 64 CPU workers (each is a thread with a model replica)",
             );
         }
         Ok(())

@@ -34,6 +34,9 @@ pub enum TrainError {
         /// What went wrong.
         reason: String,
     },
+    /// A data-parallel worker stopped or answered out of turn.
+    #[error("data-parallel workers: {0}")]
+    Parallel(String),
     /// The loss became NaN or infinite; the diagnostic says where and with what values.
     #[error("non-finite loss, training stopped: {0}")]
     NonFinite(String),

@@ -14,12 +14,32 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use swav_core::OptimizerKind;
 use swav_models::StateArray;
 
 use crate::TrainError;
+
+/// Where the optimiser finds a parameter's gradient: the [`Gradients`] of one backward pass,
+/// or burn's [`GradientsParams`] (by parameter id), e.g. combined over data-parallel workers.
+pub trait GradSource {
+    /// The gradient of parameter `id` whose current value is `tensor`, if it has one.
+    fn grad_of<const D: usize>(&self, id: ParamId, tensor: &Tensor<D>) -> Option<Tensor<D>>;
+}
+
+impl GradSource for Gradients {
+    fn grad_of<const D: usize>(&self, _id: ParamId, tensor: &Tensor<D>) -> Option<Tensor<D>> {
+        tensor.grad(self)
+    }
+}
+
+impl GradSource for GradientsParams {
+    fn grad_of<const D: usize>(&self, id: ParamId, _tensor: &Tensor<D>) -> Option<Tensor<D>> {
+        self.get(id)
+    }
+}
 
 /// Hyper-parameters of the optimiser (the learning rate comes per step).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,10 +100,10 @@ impl Optimizer {
 
     /// Updates every parameter of `module` that has a gradient in `grads`, except those whose
     /// path `skip` accepts, at learning rate `lr`.
-    pub fn step<M: Module>(
+    pub fn step<M: Module, G: GradSource>(
         &mut self,
         module: M,
-        grads: &Gradients,
+        grads: &G,
         lr: f64,
         skip: &dyn Fn(&str) -> bool,
     ) -> M {
@@ -163,15 +183,15 @@ fn norm(t: &Tensor<1>) -> Tensor<1> {
     t.clone().square().sum().sqrt()
 }
 
-struct StepMapper<'a> {
+struct StepMapper<'a, G> {
     optim: &'a mut Optimizer,
-    grads: &'a Gradients,
+    grads: &'a G,
     lr: f64,
     skip: &'a dyn Fn(&str) -> bool,
     path: Vec<String>,
 }
 
-impl ModuleMapper for StepMapper<'_> {
+impl<G: GradSource> ModuleMapper for StepMapper<'_, G> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
     }
@@ -186,7 +206,7 @@ impl ModuleMapper for StepMapper<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         }
         let path = self.path.join(".");
-        let grad = match tensor.grad(self.grads) {
+        let grad = match self.grads.grad_of(id, &tensor) {
             Some(g) if !(self.skip)(&path) => g,
             _ => return Param::from_mapped_value(id, tensor, mapper),
         };
@@ -200,7 +220,7 @@ impl ModuleMapper for StepMapper<'_> {
     }
 }
 
-impl StepMapper<'_> {
+impl<G> StepMapper<'_, G> {
     fn update(&mut self, path: &str, p: Tensor<1>, g: Tensor<1>, one_dim: bool) -> Tensor<1> {
         let c = self.optim.config;
         let lr = self.lr;

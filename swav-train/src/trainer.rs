@@ -10,9 +10,11 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use swav_augment::{CropGroup, MultiCrop, MultiCropConfig};
+#[allow(unused_imports)] // `SingleWorker` is named in the docs.
+use swav_core::SingleWorker;
 use swav_core::{
-    EmbeddingQueue, QueueState, SingleWorker, SwavConfig, SwavLossOutput, normalize_prototypes,
-    swapped_prediction_loss, swav_loss_multi_head,
+    AllReduce, EmbeddingQueue, QueueState, SwavConfig, SwavLossOutput, normalize_prototypes,
+    swav_loss_multi_head,
 };
 use swav_data::{Loader, LoaderConfig};
 use swav_eval::{
@@ -26,6 +28,7 @@ use crate::TrainError;
 use crate::config::TrainConfig;
 use crate::data::RunData;
 use crate::optim::{OptimConfig, Optimizer};
+use crate::parallel::WorkerGroup;
 use crate::progress::Progress;
 use crate::schedule::LrSchedule;
 use swav_eval::plot::line_chart;
@@ -82,8 +85,11 @@ pub struct TrainState {
     pub config: TrainConfig,
     /// Optimiser step counts by parameter path.
     pub optim_steps: BTreeMap<String, u64>,
-    /// Queue rows written per slot, when the queue exists.
+    /// Queue rows written per slot, when the queue exists (rank 0's queue).
     pub queue_filled: Option<Vec<usize>>,
+    /// The same for the queues of ranks 1, 2, ... of a data-parallel run.
+    #[serde(default)]
+    pub queue_filled_ranks: Vec<Vec<usize>>,
     /// Iterations per epoch when written.
     pub iters_per_epoch: usize,
 }
@@ -195,6 +201,40 @@ pub fn device_for(config: &TrainConfig) -> Result<Device, TrainError> {
     }
 }
 
+/// The devices of a run's workers, by rank: `swav.world_size` of them. On the CPU every
+/// worker uses the one `flex` device (burn's CPU device has no index; the workers are threads);
+/// with `wgpu`, worker r uses GPU r (`wgpu:N`: GPUs N, N + 1, ...).
+pub fn devices_for(config: &TrainConfig) -> Result<Vec<Device>, TrainError> {
+    let first = device_for(config)?;
+    let n = config.swav.world_size.max(1);
+    if n == 1 || config.run.device == "cpu" {
+        return Ok(vec![first; n]);
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        let start = config
+            .run
+            .device
+            .strip_prefix("wgpu:")
+            .and_then(|i| i.parse::<usize>().ok())
+            .unwrap_or(0);
+        Ok((start..start + n)
+            .map(|i| Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(i)))
+            .collect())
+    }
+    #[cfg(not(feature = "wgpu"))]
+    Ok(vec![first; n])
+}
+
+/// Name of worker `rank`'s queue in a checkpoint.
+fn queue_array_name(rank: usize) -> String {
+    if rank == 0 {
+        "queue".into()
+    } else {
+        format!("queue.rank{rank}")
+    }
+}
+
 /// The multi-crop of a config: the `[data] augment` pipeline with the `[swav]` crops.
 pub fn multicrop_for(config: &TrainConfig) -> Result<MultiCropConfig, TrainError> {
     let mut mc = MultiCropConfig::preset(&config.data.augment)?;
@@ -279,13 +319,16 @@ fn workers(config: &TrainConfig) -> usize {
 /// `groups` (one tensor per resolution group, crop-major, `batch` images), then for each prototype head the
 /// codes of `crops_for_assign` without gradient (with the queue when it is full) and the
 /// swapped-prediction loss. The prototypes must have been normalised ([`normalize_heads`]).
+/// `reduce` combines the Sinkhorn's sums over the data-parallel workers ([`SingleWorker`] for
+/// one).
 /// Returns each head's scores and the loss with its codes.
-pub fn forward_loss<E: Backbone + Module>(
+pub fn forward_loss<E: Backbone + Module, R: AllReduce>(
     model: &SwavModel<E>,
     groups: &[Tensor<4>],
     batch: usize,
     s: &SwavConfig,
     queue: Option<&mut EmbeddingQueue>,
+    reduce: &R,
 ) -> (Vec<Tensor<2>>, SwavLossOutput) {
     let out = model.forward(groups);
     let heads: Vec<(Tensor<2>, Tensor<2>)> = out
@@ -302,7 +345,7 @@ pub fn forward_loss<E: Backbone + Module>(
         s.temperature,
         &s.sinkhorn(),
         queue,
-        &SingleWorker,
+        reduce,
     );
     (out.scores, lo)
 }
@@ -509,26 +552,35 @@ where
     let s = &config.swav;
     let out_dir = config.run.out_dir.clone();
     std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
-    let base = device_for(config)?;
+    let bases = devices_for(config)?;
+    let world = bases.len();
+    let base = bases[0].clone();
     let device = base.clone().autodiff();
 
-    let multicrop = MultiCrop::new(multicrop_for(config)?)?;
-    let loader = Loader::new(
-        data.train.clone(),
-        multicrop,
-        LoaderConfig {
-            batch_size: s.batch_size,
-            seed: s.seed,
-            workers: workers(config),
-            prefetch: config.data.prefetch,
-            shuffle: true,
-            drop_last: true,
-            rank: 0,
-            world_size: s.world_size,
-            warn: true,
-        },
-    )?;
-    let iters_per_epoch = loader.batches_per_epoch();
+    let multicrop = multicrop_for(config)?;
+    // One loader per worker, each on its shard of the epoch; the decode threads are shared out.
+    let decode_workers = workers(config).div_ceil(world).max(1);
+    let loaders = (0..world)
+        .map(|rank| {
+            Loader::new(
+                data.train.clone(),
+                MultiCrop::new(multicrop.clone())?,
+                LoaderConfig {
+                    batch_size: s.batch_size,
+                    seed: s.seed,
+                    workers: decode_workers,
+                    prefetch: config.data.prefetch,
+                    shuffle: true,
+                    drop_last: true,
+                    rank,
+                    world_size: world,
+                    warn: rank == 0,
+                },
+            )
+            .map_err(TrainError::from)
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    let iters_per_epoch = loaders[0].batches_per_epoch();
     let (base_lr, final_lr, start_lr) = s.learning_rates();
     let schedule = LrSchedule::new(
         base_lr,
@@ -550,7 +602,7 @@ where
         trust: s.lars_trust_coefficient,
         exclude_bn_bias: s.lars_exclude_bn_bias,
     });
-    let mut queue: Option<EmbeddingQueue> = None;
+    let mut queues: Vec<Option<EmbeddingQueue>> = (0..world).map(|_| None).collect();
     let (mut epoch, mut next_batch, mut iteration, mut elapsed_before) =
         (0usize, 0usize, 0usize, 0f64);
 
@@ -594,18 +646,31 @@ where
         model = ckpt.load_model(model)?;
         optim.import(&ckpt.arrays, &state.optim_steps, &base)?;
         if let Some(filled) = &state.queue_filled {
-            let a = ckpt
-                .arrays
-                .get("queue")
-                .ok_or_else(|| TrainError::Checkpoint("queue values missing".into()))?;
-            let qs = QueueState {
-                slots: a.shape.first().copied().unwrap_or(0),
-                len: a.shape.get(1).copied().unwrap_or(0),
-                dim: a.shape.get(2).copied().unwrap_or(0),
-                filled: filled.clone(),
-                values: a.values.clone(),
-            };
-            queue = Some(EmbeddingQueue::from_state(&qs, &device)?);
+            // Every worker's queue: rank 0's under `queue`, the others' under `queue.rank<r>`.
+            let all_filled = std::iter::once(filled).chain(&state.queue_filled_ranks);
+            for (rank, filled) in all_filled.enumerate() {
+                let name = queue_array_name(rank);
+                let a = ckpt.arrays.get(&name).ok_or_else(|| {
+                    TrainError::Checkpoint(format!(
+                        "{}: the queue of worker {rank} (`{name}`) is missing",
+                        path.display()
+                    ))
+                })?;
+                let qs = QueueState {
+                    slots: a.shape.first().copied().unwrap_or(0),
+                    len: a.shape.get(1).copied().unwrap_or(0),
+                    dim: a.shape.get(2).copied().unwrap_or(0),
+                    filled: filled.clone(),
+                    values: a.values.clone(),
+                };
+                let slot = queues.get_mut(rank).ok_or_else(|| {
+                    TrainError::Checkpoint(format!(
+                        "{}: holds a queue for worker {rank}, this run has {world} workers",
+                        path.display()
+                    ))
+                })?;
+                *slot = Some(EmbeddingQueue::from_state(&qs, &device)?);
+            }
         }
         epoch = state.epoch;
         next_batch = state.next_batch;
@@ -622,7 +687,7 @@ where
 
     let save = |model: &SwavModel<E>,
                 optim: &Optimizer,
-                queue: &Option<EmbeddingQueue>,
+                queues: &[Option<EmbeddingQueue>],
                 epoch: usize,
                 next_batch: usize,
                 iteration: usize,
@@ -642,14 +707,20 @@ where
         }
         let (mut arrays, steps) = optim.export()?;
         let mut queue_filled = None;
-        if let Some(q) = queue {
+        let mut queue_filled_ranks = Vec::new();
+        for (rank, q) in queues.iter().enumerate() {
+            let Some(q) = q else { continue };
             let st = q.state();
             arrays.push(StateArray {
-                name: "queue".into(),
+                name: queue_array_name(rank),
                 shape: vec![st.slots, st.len, st.dim],
                 values: st.values,
             });
-            queue_filled = Some(st.filled);
+            if rank == 0 {
+                queue_filled = Some(st.filled);
+            } else {
+                queue_filled_ranks.push(st.filled);
+            }
         }
         let state = TrainState {
             epoch,
@@ -659,6 +730,7 @@ where
             config: config.clone(),
             optim_steps: steps,
             queue_filled,
+            queue_filled_ranks,
             iters_per_epoch,
         };
         let mut meta = BTreeMap::new();
@@ -689,11 +761,15 @@ where
         collapse_loss,
         skipped_files: Vec::new(),
         knn: None,
-        batchnorm: format!(
-            "per-worker batch statistics ({} worker{})",
-            s.world_size,
-            if s.world_size == 1 { "" } else { "s" }
-        ),
+        batchnorm: if world == 1 {
+            "batch statistics of the one worker's batch".to_string()
+        } else {
+            format!(
+                "per-worker batch statistics ({world} workers, {} images each; running statistics \
+                 averaged over the workers)",
+                s.batch_size
+            )
+        },
         warnings: Vec::new(),
         data: data.description.clone(),
         out_dir: out_dir.clone(),
@@ -707,88 +783,77 @@ where
     let started = Instant::now();
     let (mut data_time, mut step_time) = (0f64, 0f64);
     let batch = s.batch_size;
+    let global_batch = batch * world;
 
+    let group = WorkerGroup::<E>::new(bases.clone(), s, batch);
     while epoch < s.epochs {
-        if s.queue_active(epoch) && queue.is_none() {
-            queue = Some(EmbeddingQueue::for_run(
-                s.queue_length,
-                s.batch_size,
-                s.world_size,
-                s.crops_for_assign.len(),
-                s.feat_dim,
-                &device,
-            )?);
+        if s.queue_active(epoch) {
+            for q in queues.iter_mut().filter(|q| q.is_none()) {
+                *q = Some(EmbeddingQueue::for_run(
+                    s.queue_length,
+                    s.batch_size,
+                    world,
+                    s.crops_for_assign.len(),
+                    s.feat_dim,
+                    &device,
+                )?);
+            }
         }
         let (mut epoch_loss, mut epoch_steps) = (0f64, 0usize);
         let (mut used_min, mut entropy_sum, mut stat_n) = (usize::MAX, 0f64, 0usize);
         let epoch_start = Instant::now();
         let mut epoch_images = 0usize;
-        let mut batches = loader.epoch(epoch as u64, next_batch);
+        let mut epochs: Vec<_> = loaders
+            .iter()
+            .map(|l| l.epoch(epoch as u64, next_batch))
+            .collect();
         let mut window = (Instant::now(), 0usize, 0f64, 0f64);
         loop {
             let t0 = Instant::now();
-            let Some(b) = batches.next() else { break };
+            let Some(rank_batches) = epochs.iter_mut().map(Iterator::next).collect::<Option<Vec<_>>>()
+            else {
+                break;
+            };
             let t_data = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             let lr = schedule.lr(iteration);
+            let batch_index = rank_batches[0].index;
 
             model = normalize_heads(model);
-            let groups: Vec<Tensor<4>> = b
-                .groups
-                .into_iter()
-                .map(|g| g.into_tensor(&device))
-                .collect();
-            let (scores, lo) = forward_loss(&model, &groups, batch, s, queue.as_mut());
-            let loss_value = lo.loss.clone().into_scalar::<f32>() as f64;
+            let log_now = (iteration + 1) % config.run.log_every == 0;
+            let groups = rank_batches.into_iter().map(|b| b.groups).collect();
+            let out = group.step(&model, groups, &mut queues, log_now)?;
+            let loss_value = out.loss;
             if !loss_value.is_finite() {
-                let mut parts = Vec::new();
-                for (h, sc) in scores.iter().enumerate() {
-                    let v = to_vec(sc.clone().detach());
-                    let (mn, mx) = v
-                        .iter()
-                        .fold((f32::MAX, f32::MIN), |(a, c), &x| (a.min(x), c.max(x)));
-                    parts.push(format!("head {h}: scores in [{mn}, {mx}]"));
-                    for c in &lo.codes[h] {
-                        let l = swapped_prediction_loss(
-                            sc.clone().detach(),
-                            batch,
-                            std::slice::from_ref(c),
-                            s.temperature,
-                        )
-                        .into_scalar::<f32>();
-                        parts.push(format!("head {h} crop {} part {l}", c.crop));
-                    }
-                }
                 progress.finish();
                 return Err(TrainError::NonFinite(format!(
-                    "epoch {epoch}, iteration {iteration} (batch {} of the epoch): loss {loss_value}, lr {lr:.6}; {}. \
+                    "epoch {epoch}, iteration {iteration} (batch {batch_index} of the epoch): loss {loss_value}, lr {lr:.6}; {}. \
                      The last good checkpoint is {} (written before this step). Usual causes: a learning rate \
                      too high, f16 overflow, epsilon too small",
-                    b.index,
-                    parts.join("; "),
+                    out.diagnostic.unwrap_or_default(),
                     ckpt_file.display()
                 )));
             }
-            let grads = lo.loss.backward();
             let frozen = iteration < s.freeze_prototypes_niters;
-            model = optim.step(model, &grads, lr, &|p: &str| {
+            model = optim.step(model, &out.grads, lr, &|p: &str| {
                 frozen && p.starts_with("prototypes.")
             });
+            model = out.with_running_stats(model);
             iteration += 1;
             summary.iterations_this_session += 1;
             epoch_loss += loss_value;
             epoch_steps += 1;
-            epoch_images += batch;
+            epoch_images += global_batch;
             summary.last_loss = Some(loss_value);
             let t_step = t1.elapsed().as_secs_f64();
             data_time += t_data;
             step_time += t_step;
-            window.1 += batch;
+            window.1 += global_batch;
             window.2 += t_data;
             window.3 += t_step;
 
-            if iteration % config.run.log_every == 0 {
-                let (used, entropy) = code_stats(lo.codes[0][0].codes.clone());
+            if let Some(codes) = out.codes {
+                let (used, entropy) = code_stats(codes);
                 used_min = used_min.min(used);
                 entropy_sum += entropy;
                 stat_n += 1;
@@ -797,12 +862,12 @@ where
                     "type": "step", "epoch": epoch, "iteration": iteration, "loss": loss_value,
                     "lr": lr, "images_per_s": window.1 as f64 / secs, "data_time_s": window.2,
                     "compute_time_s": window.3, "code_entropy": entropy, "prototypes_used": used,
-                    "queue_used": lo.queue_used, "prototypes_frozen": frozen,
+                    "queue_used": out.queue_used, "prototypes_frozen": frozen, "workers": world,
                 }))?;
                 history.push(serde_json::json!({"type": "step", "iteration": iteration, "loss": loss_value, "lr": lr}));
                 window = (Instant::now(), 0, 0.0, 0.0);
             }
-            let rate = summary.iterations_this_session as f64 * batch as f64
+            let rate = summary.iterations_this_session as f64 * global_batch as f64
                 / started.elapsed().as_secs_f64().max(1e-9);
             progress.step(epoch, s.epochs, iteration, loss_value, lr, rate);
 
@@ -815,26 +880,26 @@ where
             }
             if config.run.checkpoint_every > 0
                 && iteration % config.run.checkpoint_every == 0
-                && b.index + 1 < iters_per_epoch
+                && batch_index + 1 < iters_per_epoch
             {
                 save(
                     &model,
                     &optim,
-                    &queue,
+                    &queues,
                     epoch,
-                    b.index + 1,
+                    batch_index + 1,
                     iteration,
                     elapsed_before + started.elapsed().as_secs_f64(),
                 )?;
             }
         }
-        drop(batches);
+        drop(epochs);
         next_batch = 0;
         epoch += 1;
         save(
             &model,
             &optim,
-            &queue,
+            &queues,
             epoch,
             0,
             iteration,
@@ -864,7 +929,7 @@ where
             "time_s": secs, "knn_top1": knn.as_ref().map(|k| k.top1), "knn_top5": knn.as_ref().map(|k| k.top5),
             "code_entropy": if stat_n > 0 { Some(entropy_sum / stat_n as f64) } else { None },
             "prototypes_used_min": if stat_n > 0 { Some(used_min) } else { None },
-            "skipped_files": loader.skipped().len(),
+            "skipped_files": loaders.iter().map(|l| l.skipped().len()).sum::<usize>(),
         });
         metrics.write(&line)?;
         history.push(line);
@@ -874,7 +939,7 @@ where
         let k0 = s.nmb_prototypes[0];
         // With more prototypes than samples, equipartition alone spreads each code over at
         // least K / B prototypes: "uniform" is judged within the entropy range that leaves.
-        let floor = (k0 as f64 / batch as f64).max(1.0).ln();
+        let floor = (k0 as f64 / global_batch as f64).max(1.0).ln();
         let ln_k = (k0 as f64).ln();
         let uniform_codes =
             stat_n > 0 && entropy_sum / stat_n as f64 >= ln_k - 0.05 * (ln_k - floor);
@@ -901,12 +966,12 @@ where
     summary.completed = true;
     summary.iterations = iteration;
     summary.time_s = started.elapsed().as_secs_f64();
-    summary.images_per_s =
-        summary.iterations_this_session as f64 * batch as f64 / (step_time + data_time).max(1e-9);
+    summary.images_per_s = summary.iterations_this_session as f64 * global_batch as f64
+        / (step_time + data_time).max(1e-9);
     summary.data_time_fraction = data_time / (data_time + step_time).max(1e-9);
     // A bad file is met again every epoch: list each file once, with the epochs it was met in.
     let mut by_file: BTreeMap<String, (String, Vec<u64>)> = BTreeMap::new();
-    for s in loader.skipped() {
+    for s in loaders.iter().flat_map(|l| l.skipped()) {
         by_file
             .entry(s.source)
             .or_insert_with(|| (s.reason, Vec::new()))

@@ -109,6 +109,20 @@ fn unknown_and_invalid_settings_are_refused_with_their_names() {
 }
 
 #[test]
+fn several_workers_are_accepted_and_synchronised_batchnorm_is_refused() {
+    let c = TrainConfig::from_toml("", &["swav.world_size=3".into()]).expect("parses");
+    c.validate().expect("3 CPU workers");
+    let devices = swav_train::devices_for(&c).expect("devices");
+    assert_eq!(devices.len(), 3);
+    let c = TrainConfig::from_toml("", &["swav.world_size=2".into(), "swav.sync_bn=true".into()])
+        .expect("parses");
+    let e = c.validate().expect_err("sync_bn");
+    assert!(e.to_string().contains("swav.sync_bn"), "{e}");
+    let c = TrainConfig::from_toml("", &["swav.world_size=0".into()]).expect("parses");
+    assert!(c.validate().is_err(), "no worker");
+}
+
+#[test]
 fn the_saved_config_reads_back_equal() {
     let mut c = TrainConfig::demo();
     c.swav.base_lr = 0.123;

@@ -7,11 +7,13 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use swav_core::{OptimizerKind, SwavConfig};
+use swav_data::CropGroupBatch;
 use swav_models::SwavModelSpec;
-use swav_train::{OptimConfig, Optimizer, seeded_init};
+use swav_train::{OptimConfig, Optimizer, TrainConfig, WorkerGroup, devices_for, seeded_init};
 
 /// Options of `cargo xtask bench`.
 #[derive(Args, Debug)]
@@ -37,9 +39,12 @@ pub struct BenchArgs {
     /// Base width of the ResNet (64 as torchvision).
     #[arg(long, default_value_t = 64)]
     pub base_width: usize,
-    /// `cpu` (burn flex).
+    /// `cpu` (burn flex), or `wgpu` / `wgpu:N` in a build with `--features wgpu`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Data-parallel workers, each with `--batch` images (the trainer's `swav.world_size`).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 fn parse_crops(s: &str) -> Result<Vec<(usize, usize)>> {
@@ -55,20 +60,17 @@ fn parse_crops(s: &str) -> Result<Vec<(usize, usize)>> {
 
 /// Runs `cargo xtask bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.device != "cpu" {
-        bail!(
-            "--device {} is not built into this binary; the CPU (flex) is",
-            args.device
-        );
-    }
     let crops = parse_crops(&args.crops)?;
     let n_crops: usize = crops.iter().map(|c| c.0).sum();
-    if n_crops < 2 || args.batch == 0 || args.steps == 0 {
-        bail!("need at least 2 crops, a batch and a step");
+    if n_crops < 2 || args.batch == 0 || args.steps == 0 || args.workers == 0 {
+        bail!("need at least 2 crops, a batch, a step and a worker");
     }
+    let mut cfg = TrainConfig::default();
+    cfg.run.device = args.device.clone();
+    cfg.swav.world_size = args.workers;
+    let devices = devices_for(&cfg)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let base = Device::flex();
-    let device = base.clone().autodiff();
+    let device = devices[0].clone().autodiff();
     // The peer's model: head 2048 -> 128, 3000 prototypes.
     let spec = SwavModelSpec {
         arch: args.arch.clone(),
@@ -88,38 +90,51 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     });
     // The peer's loss settings: crops 0 and 1 assigned, T 0.1, epsilon 0.05, 3 iterations.
     let swav = SwavConfig::default();
-    // One tensor per resolution group, crop-major, as the loader makes them.
-    let groups: Vec<Tensor<4>> = crops
-        .iter()
-        .map(|&(n, s)| {
-            Tensor::random(
-                [n * args.batch, 3, s, s],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            )
+    // The trainer's path: one worker thread per device, each with its batch of `--batch`
+    // images as the loader makes them (one group per resolution, crop-major).
+    let group = WorkerGroup::new(devices, &swav, args.batch);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let batches: Vec<Vec<CropGroupBatch>> = (0..args.workers)
+        .map(|_| {
+            crops
+                .iter()
+                .map(|&(n, s)| CropGroupBatch {
+                    size: s as u32,
+                    count: n,
+                    batch: args.batch,
+                    data: (0..n * args.batch * 3 * s * s)
+                        .map(|_| rng.random_range(-2.0f32..2.0))
+                        .collect(),
+                })
+                .collect()
         })
         .collect();
-    let mut last = 0f32;
-    let mut timed = 0f64;
+    let mut queues: Vec<_> = (0..args.workers).map(|_| None).collect();
+    let mut last = 0f64;
+    let (mut timed, mut exchange) = (0f64, 0f64);
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();
         model = swav_train::normalize_heads(model);
-        let (_, lo) = swav_train::forward_loss(&model, &groups, args.batch, &swav, None);
-        last = lo.loss.clone().into_scalar::<f32>();
-        let grads = lo.loss.backward();
-        model = optim.step(model, &grads, 0.1, &|_| false);
+        let out = group.step(&model, batches.clone(), &mut queues, false)?;
+        last = out.loss;
+        model = optim.step(model, &out.grads, 0.1, &|_| false);
+        model = out.with_running_stats(model);
         if i >= args.warmup {
             timed += t.elapsed().as_secs_f64();
+            exchange += out.combine_s;
         }
     }
+    let images = (args.batch * args.workers * args.steps) as f64;
     println!(
         "{}",
         serde_json::json!({
-            "impl": "swav-rs", "backend": "burn flex (CPU)", "threads": threads,
+            "impl": "swav-rs", "backend": if args.device == "cpu" { "burn flex (CPU)" } else { "burn wgpu" },
+            "threads": threads, "workers": args.workers,
             "arch": args.arch, "base_width": args.base_width, "cifar_stem": args.cifar_stem,
-            "batch": args.batch, "crops": args.crops, "device": args.device,
-            "images_per_s": ((args.batch * args.steps) as f64 / timed * 10.0).round() / 10.0,
+            "batch_per_worker": args.batch, "crops": args.crops, "device": args.device,
+            "images_per_s": (images / timed * 10.0).round() / 10.0,
             "step_ms": (1000.0 * timed / args.steps as f64 * 100.0).round() / 100.0,
+            "gradient_combine_ms": (1000.0 * exchange / args.steps as f64 * 100.0).round() / 100.0,
             "loss": last,
         })
     );

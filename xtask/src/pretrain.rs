@@ -32,6 +32,10 @@ pub struct PretrainArgs {
     /// `cpu` or `wgpu` (`run.device`).
     #[arg(long)]
     pub device: Option<String>,
+    /// Data-parallel workers (`swav.world_size`), each with `batch_size` images: threads on the
+    /// CPU, GPUs 0..N with `--device wgpu`.
+    #[arg(long)]
+    pub devices: Option<usize>,
     /// Any field: `--set swav.base_lr=0.5 --set batch_size=128` (bare names when unambiguous).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -64,6 +68,9 @@ pub fn resolve(args: &PretrainArgs) -> Result<TrainConfig> {
     }
     if let Some(d) = &args.device {
         overrides.push(format!("run.device={}", toml_string(d)));
+    }
+    if let Some(n) = args.devices {
+        overrides.push(format!("swav.world_size={n}"));
     }
     if args.quiet {
         overrides.push("run.quiet=true".into());
@@ -126,7 +133,7 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
     let spec = spec_for(&config);
     let s = &config.swav;
     eprintln!(
-        "swav-rs pretrain: {} (base width {}{}), {} x {} crops, K = {:?}, {} epochs of batch {} on {}",
+        "swav-rs pretrain: {} (base width {}{}), {} x {} crops, K = {:?}, {} epochs of batch {} on {}{}",
         s.arch,
         s.base_width,
         if s.cifar_stem { ", CIFAR stem" } else { "" },
@@ -143,7 +150,12 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         s.nmb_prototypes,
         s.epochs,
         s.batch_size,
-        config.run.device
+        config.run.device,
+        if s.world_size > 1 {
+            format!(" x {} data-parallel workers", s.world_size)
+        } else {
+            String::new()
+        }
     );
     eprintln!("data: {}", data.description);
     eprintln!("run folder: {}", config.run.out_dir.display());

@@ -1,0 +1,413 @@
+//! Data-parallel SwAV: one model replica per device, each on its own shard of the batch, in
+//! lockstep.
+//!
+//! A [`WorkerGroup`] owns one thread per worker (rank). Each step the coordinator (the thread
+//! that calls [`WorkerGroup::step`]) sends every worker the current model and that worker's
+//! batch and queue; the worker forks the model onto its device, runs the multi-crop forward,
+//! computes its codes with the distributed Sinkhorn (the total and the per-prototype sums are
+//! reduced over the workers through [`LocalWorker`], the batch size is global, the per-sample
+//! normalisation local, as the original's `distributed_sinkhorn`), the swapped-prediction loss
+//! of its local batch, and the backward pass, and sends back its gradients as burn's
+//! [`GradientsParams`]. The coordinator moves them to the first device
+//! ([`GradientsParams::to_device`]) and sums them in rank order with burn's
+//! [`GradientsAccumulator`], as burn-train's multi-device strategy does: each worker's loss is
+//! divided by the number of workers before its backward, so the sum is the gradient of the
+//! mean loss, which is the loss of one worker with the whole global batch.
+//!
+//! One code path for any number of workers: with one worker there is no communication (the
+//! Sinkhorn reductions return their input), and the arithmetic is that of a single device.
+//!
+//! Collective all-reduce (`burn::tensor::distributed::all_reduce`) is not used: in burn 0.22.1
+//! only the CUDA backend has a transport (NCCL); on the CPU (`flex`) backend the call is
+//! unimplemented and on wgpu it panics inside cubecl. See `docs/design/data-parallel.md`.
+//!
+//! BatchNorm: every replica normalises with the statistics of its own local batch (per-worker
+//! statistics, as PyTorch's DDP without SyncBatchNorm). Each replica has running statistics of
+//! its own for the step (burn's shared [`burn::module::RunningState`] would average the
+//! threads' updates in whatever order they arrive, and a multi-crop step updates each layer
+//! once per resolution); after the step they are averaged over the workers in rank order and
+//! written into the coordinator's model ([`ParallelStep::with_running_stats`]). Only evaluation
+//! reads them.
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleDisplay, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use swav_core::{EmbeddingQueue, LocalGroup, LocalWorker, SwavConfig, swapped_prediction_loss};
+use swav_data::CropGroupBatch;
+use swav_models::{Backbone, SwavModel};
+
+use crate::TrainError;
+use crate::trainer::forward_loss;
+
+/// What a worker is asked to compute.
+struct Job<E> {
+    model: SwavModel<E>,
+    groups: Vec<CropGroupBatch>,
+    queue: Option<EmbeddingQueue>,
+    want_codes: bool,
+}
+
+/// What a worker sends back.
+struct Reply {
+    rank: usize,
+    grads: GradientsParams,
+    loss: f64,
+    codes: Option<Tensor<2>>,
+    queue: Option<EmbeddingQueue>,
+    queue_used: bool,
+    diagnostic: Option<String>,
+    running: Vec<(ParamId, Tensor<1>)>,
+}
+
+/// The result of one data-parallel step.
+#[derive(Debug)]
+pub struct ParallelStep {
+    /// The gradients of the mean loss over all workers, on the first device, by parameter.
+    pub grads: GradientsParams,
+    /// The loss averaged over the workers (each worker's loss is the mean over its batch).
+    pub loss: f64,
+    /// Each worker's loss, by rank.
+    pub worker_losses: Vec<f64>,
+    /// Rank 0's codes of the first head's first assignment crop, `[B, K]`, when asked for.
+    pub codes: Option<Tensor<2>>,
+    /// Every worker's codes of the first head's first assignment crop, by rank, when asked for
+    /// with [`WorkerGroup::step_all_codes`].
+    pub all_codes: Vec<Tensor<2>>,
+    /// Whether the queue took part in the Sinkhorn this step.
+    pub queue_used: bool,
+    /// For a non-finite loss: which worker and what its scores and loss parts were.
+    pub diagnostic: Option<String>,
+    /// Seconds spent combining the gradients (moving them to the first device and summing).
+    pub combine_s: f64,
+    /// The running statistics (BatchNorm means and variances, flattened) after the step,
+    /// averaged over the workers, by id.
+    pub running: HashMap<ParamId, Tensor<1>>,
+}
+
+impl ParallelStep {
+    /// `model` with its running statistics replaced by those of this step (the tensors that do
+    /// not require a gradient, matched by id).
+    pub fn with_running_stats<M: Module>(&self, model: M) -> M {
+        struct Set<'a>(&'a HashMap<ParamId, Tensor<1>>);
+        impl ModuleMapper for Set<'_> {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let (id, tensor, mapper) = param.consume();
+                match self.0.get(&id) {
+                    Some(v) if !tensor.is_require_grad() => {
+                        let dims = tensor.dims();
+                        let new = v.clone().to_device(&tensor.device()).reshape(dims);
+                        Param::from_mapped_value(id, new, mapper)
+                    }
+                    _ => Param::from_mapped_value(id, tensor, mapper),
+                }
+            }
+        }
+        if self.running.is_empty() {
+            return model;
+        }
+        model.map(&mut Set(&self.running))
+    }
+}
+
+/// The tensors of `model` that take no gradient (running statistics), flattened, by id.
+fn running_stats<M: Module>(model: &M) -> Vec<(ParamId, Tensor<1>)> {
+    struct Get(Vec<(ParamId, Tensor<1>)>);
+    impl ModuleVisitor for Get {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if !param.is_require_grad() {
+                let t = param.val();
+                let n = t.shape().num_elements();
+                self.0.push((param.id, t.reshape([n])));
+            }
+        }
+    }
+    // Folds the updates the forward passes left pending into the value.
+    drop(model.valid());
+    let mut get = Get(Vec::new());
+    model.visit(&mut get);
+    get.0
+}
+
+/// One thread per data-parallel worker, each bound to a device.
+pub struct WorkerGroup<E> {
+    devices: Vec<Device>,
+    jobs: Vec<Sender<Job<E>>>,
+    replies: Receiver<Reply>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl<E> WorkerGroup<E>
+where
+    E: Backbone + Module + ModuleDisplay + 'static,
+{
+    /// Starts one worker per entry of `devices` (rank = position), computing the SwAV loss of
+    /// `swav` on local batches of `batch` images. A device may appear several times (several
+    /// CPU workers share the `flex` device). The devices are the base devices; the workers
+    /// differentiate on their autodiff versions.
+    ///
+    /// # Panics
+    /// If `devices` is empty.
+    pub fn new(devices: Vec<Device>, swav: &SwavConfig, batch: usize) -> Self {
+        assert!(!devices.is_empty(), "a worker group needs a device");
+        let world = devices.len();
+        let (reply_tx, replies) = channel();
+        let mut jobs = Vec::with_capacity(world);
+        let mut handles = Vec::with_capacity(world);
+        for (rank, reduce) in LocalGroup::workers(world).into_iter().enumerate() {
+            let (tx, rx) = channel::<Job<E>>();
+            jobs.push(tx);
+            let device = devices[rank].clone().autodiff();
+            let swav = swav.clone();
+            let out = reply_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("swav-worker-{rank}"))
+                .spawn(move || worker_loop(rank, device, reduce, swav, batch, rx, out))
+                .expect("the OS starts a thread");
+            handles.push(handle);
+        }
+        Self {
+            devices,
+            jobs,
+            replies,
+            handles,
+        }
+    }
+
+    /// Number of workers.
+    pub fn world_size(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// The workers' devices, by rank.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// One step: every worker computes the loss and gradients of `model` on its batch
+    /// (`batches[rank]`: the crop groups of that worker's images) with its queue
+    /// (`queues[rank]`, updated in place). The prototypes must have been normalised. Returns
+    /// the combined gradients; the caller applies the optimiser to `model`.
+    pub fn step(
+        &self,
+        model: &SwavModel<E>,
+        batches: Vec<Vec<CropGroupBatch>>,
+        queues: &mut [Option<EmbeddingQueue>],
+        want_codes: bool,
+    ) -> Result<ParallelStep, TrainError> {
+        self.run(model, batches, queues, |rank| want_codes && rank == 0)
+    }
+
+    /// [`WorkerGroup::step`], returning every worker's codes (for tests and diagnostics).
+    pub fn step_all_codes(
+        &self,
+        model: &SwavModel<E>,
+        batches: Vec<Vec<CropGroupBatch>>,
+        queues: &mut [Option<EmbeddingQueue>],
+    ) -> Result<ParallelStep, TrainError> {
+        self.run(model, batches, queues, |_| true)
+    }
+
+    fn run(
+        &self,
+        model: &SwavModel<E>,
+        batches: Vec<Vec<CropGroupBatch>>,
+        queues: &mut [Option<EmbeddingQueue>],
+        want_codes: impl Fn(usize) -> bool,
+    ) -> Result<ParallelStep, TrainError> {
+        let world = self.world_size();
+        if batches.len() != world || queues.len() != world {
+            return Err(TrainError::Parallel(format!(
+                "{} batches and {} queues for {world} workers",
+                batches.len(),
+                queues.len()
+            )));
+        }
+        for (rank, (groups, queue)) in batches.into_iter().zip(queues.iter_mut()).enumerate() {
+            let job = Job {
+                model: model.clone(),
+                groups,
+                queue: queue.take(),
+                want_codes: want_codes(rank),
+            };
+            self.jobs[rank]
+                .send(job)
+                .map_err(|_| TrainError::Parallel(format!("worker {rank} has stopped")))?;
+        }
+        let mut replies: Vec<Option<Reply>> = (0..world).map(|_| None).collect();
+        for _ in 0..world {
+            let reply = self.replies.recv().map_err(|_| {
+                TrainError::Parallel("a worker stopped in the middle of a step".into())
+            })?;
+            let rank = reply.rank;
+            replies[rank] = Some(reply);
+        }
+        // Summed in rank order on the first device, so the result does not depend on which
+        // worker finished first.
+        let t_combine = std::time::Instant::now();
+        let target = &self.devices[0];
+        let mut acc = GradientsAccumulator::<SwavModel<E>>::new();
+        let mut out = ParallelStep {
+            grads: GradientsParams::new(),
+            loss: 0.0,
+            worker_losses: Vec::with_capacity(world),
+            codes: None,
+            all_codes: Vec::new(),
+            queue_used: false,
+            diagnostic: None,
+            combine_s: 0.0,
+            running: HashMap::new(),
+        };
+        let mut running: Vec<(ParamId, Tensor<1>)> = Vec::new();
+        for (rank, reply) in replies.into_iter().enumerate() {
+            let reply = reply.ok_or_else(|| {
+                TrainError::Parallel(format!("worker {rank} sent no result this step"))
+            })?;
+            queues[rank] = reply.queue;
+            let grads = if rank == 0 {
+                reply.grads
+            } else {
+                reply.grads.to_device(target, model)
+            };
+            acc.accumulate(model, grads);
+            if rank == 0 {
+                running = reply.running;
+            } else {
+                for ((id, sum), (id_r, v)) in running.iter_mut().zip(reply.running) {
+                    if *id != id_r {
+                        return Err(TrainError::Parallel(format!(
+                            "worker {rank} returned running statistics in another order"
+                        )));
+                    }
+                    *sum = sum.clone().add(v.to_device(&sum.device()));
+                }
+            }
+            out.worker_losses.push(reply.loss);
+            out.queue_used |= reply.queue_used;
+            if let Some(d) = reply.diagnostic {
+                out.diagnostic
+                    .get_or_insert_with(String::new)
+                    .push_str(&format!("worker {rank}: {d}; "));
+            }
+            if let Some(c) = reply.codes {
+                if rank == 0 {
+                    out.codes = Some(c.clone());
+                }
+                out.all_codes.push(c);
+            }
+        }
+        out.grads = acc.grads();
+        out.running = running
+            .into_iter()
+            .map(|(id, t)| {
+                if world > 1 {
+                    (id, t.div_scalar(world as f64))
+                } else {
+                    (id, t)
+                }
+            })
+            .collect();
+        out.combine_s = t_combine.elapsed().as_secs_f64();
+        out.loss = out.worker_losses.iter().sum::<f64>() / world as f64;
+        Ok(out)
+    }
+}
+
+impl<E> Drop for WorkerGroup<E> {
+    fn drop(&mut self) {
+        // Closing the job channels ends the workers' loops.
+        self.jobs.clear();
+        for h in self.handles.drain(..) {
+            // A worker that panicked has already reported through the closed reply channel.
+            drop(h.join());
+        }
+    }
+}
+
+fn worker_loop<E: Backbone + Module + ModuleDisplay>(
+    rank: usize,
+    device: Device,
+    reduce: LocalWorker,
+    swav: SwavConfig,
+    batch: usize,
+    jobs: Receiver<Job<E>>,
+    out: Sender<Reply>,
+) {
+    use swav_core::AllReduce;
+    let world = reduce.world_size();
+    while let Ok(job) = jobs.recv() {
+        // A replica of its own: new autodiff leaves, so the workers' graphs stay apart, and
+        // running statistics of its own.
+        let model = job.model.fork(&device).valid().train();
+        let groups: Vec<Tensor<4>> = job
+            .groups
+            .into_iter()
+            .map(|g| g.into_tensor(&device))
+            .collect();
+        let mut queue = job.queue;
+        let (scores, lo) = forward_loss(&model, &groups, batch, &swav, queue.as_mut(), &reduce);
+        let loss = lo.loss.clone().into_scalar::<f32>() as f64;
+        let diagnostic = (!loss.is_finite()).then(|| diagnose(&scores, &lo, batch, &swav));
+        let scaled = if world > 1 {
+            lo.loss.div_scalar(world as f64)
+        } else {
+            lo.loss
+        };
+        let grads = GradientsParams::from_grads(scaled.backward(), &model);
+        let codes = job
+            .want_codes
+            .then(|| lo.codes.first().and_then(|h| h.first()).map(|c| c.codes.clone()))
+            .flatten();
+        let running = running_stats(&model);
+        let reply = Reply {
+            running,
+            rank,
+            grads,
+            loss,
+            codes,
+            queue,
+            queue_used: lo.queue_used,
+            diagnostic,
+        };
+        if out.send(reply).is_err() {
+            break;
+        }
+    }
+}
+
+/// The score range and each loss part of every head, for the message of a non-finite loss.
+fn diagnose(
+    scores: &[Tensor<2>],
+    lo: &swav_core::SwavLossOutput,
+    batch: usize,
+    swav: &SwavConfig,
+) -> String {
+    let mut parts = Vec::new();
+    for (h, sc) in scores.iter().enumerate() {
+        let v: Vec<f32> = sc
+            .clone()
+            .detach()
+            .into_data()
+            .try_to_vec_as::<f32>()
+            .unwrap_or_default();
+        let (mn, mx) = v
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, c), &x| (a.min(x), c.max(x)));
+        parts.push(format!("head {h}: scores in [{mn}, {mx}]"));
+        for c in lo.codes.get(h).into_iter().flatten() {
+            let l = swapped_prediction_loss(
+                sc.clone().detach(),
+                batch,
+                std::slice::from_ref(c),
+                swav.temperature,
+            )
+            .into_scalar::<f32>();
+            parts.push(format!("head {h} crop {} part {l}", c.crop));
+        }
+    }
+    parts.join("; ")
+}

@@ -1,0 +1,455 @@
+//! Data-parallel training on several CPU workers: one step on 2 workers with local batch B
+//! equals one step on 1 worker with batch 2B (loss, codes, gradients, updated weights), and a
+//! 2-worker run killed and resumed ends exactly where the uninterrupted run does.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::optim::GradientsParams;
+use burn::store::ModuleSnapshot;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use swav_core::{OptimizerKind, SwavConfig};
+use swav_data::CropGroupBatch;
+use swav_models::{Backbone, ResNet, SwavModel, SwavModelSpec};
+use swav_train::{
+    OptimConfig, Optimizer, RunOptions, TrainConfig, TrainError, WorkerGroup, normalize_heads,
+    open_data, seeded_init, spec_for, train,
+};
+
+/// A backbone without BatchNorm, so that per-worker statistics are out of the picture.
+#[derive(Module, Debug)]
+struct NoBn {
+    conv: Conv2d,
+    fc: Linear,
+}
+
+impl NoBn {
+    fn new(device: &Device) -> Self {
+        Self {
+            conv: Conv2dConfig::new([3, 6], [3, 3])
+                .with_padding(PaddingConfig2d::Same)
+                .init(device),
+            fc: LinearConfig::new(6, 12).init(device),
+        }
+    }
+}
+
+impl Backbone for NoBn {
+    fn feature_dim(&self) -> usize {
+        12
+    }
+
+    fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = relu(self.conv.forward(images));
+        let [b, c, h, w] = x.dims();
+        let pooled = x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c]);
+        relu(self.fc.forward(pooled))
+    }
+}
+
+/// Two crops of 12 px and two of 6 px, two prototype heads, a one-layer head (no BatchNorm).
+fn swav() -> SwavConfig {
+    SwavConfig {
+        nmb_crops: vec![2, 2],
+        size_crops: vec![12, 6],
+        min_scale_crops: vec![0.3, 0.1],
+        max_scale_crops: vec![1.0, 0.3],
+        hidden_mlp: 0,
+        feat_dim: 8,
+        nmb_prototypes: vec![10, 7],
+        ..SwavConfig::default()
+    }
+}
+
+/// Random crops for `ranks` workers of `b` images each, as the loader lays them out
+/// (crop-major within each resolution group), and the same images as one batch of
+/// `ranks x b` (worker 0's images first).
+fn batches(
+    cfg: &SwavConfig,
+    ranks: usize,
+    b: usize,
+    seed: u64,
+) -> (Vec<Vec<CropGroupBatch>>, Vec<CropGroupBatch>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut per_rank: Vec<Vec<CropGroupBatch>> = vec![Vec::new(); ranks];
+    let mut whole = Vec::new();
+    for (&count, &size) in cfg.nmb_crops.iter().zip(&cfg.size_crops) {
+        let img = 3 * size * size;
+        // values[rank][crop][image]
+        let values: Vec<Vec<Vec<f32>>> = (0..ranks)
+            .map(|_| {
+                (0..count)
+                    .map(|_| (0..b * img).map(|_| rng.random_range(-1.5f32..1.5)).collect())
+                    .collect()
+            })
+            .collect();
+        for (rank, v) in values.iter().enumerate() {
+            per_rank[rank].push(CropGroupBatch {
+                size: size as u32,
+                count,
+                batch: b,
+                data: v.concat(),
+            });
+        }
+        let mut data = Vec::with_capacity(ranks * count * b * img);
+        for crop in 0..count {
+            for v in &values {
+                data.extend_from_slice(&v[crop]);
+            }
+        }
+        whole.push(CropGroupBatch {
+            size: size as u32,
+            count,
+            batch: ranks * b,
+            data,
+        });
+    }
+    (per_rank, whole)
+}
+
+fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec_as::<f32>().expect("f32 values")
+}
+
+/// Every parameter's gradient, in visiting order.
+fn grads_of<M: Module>(model: &M, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
+    struct V<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<(String, Vec<f32>)>,
+    }
+    impl ModuleVisitor for V<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.out.push((param.id.to_string(), floats(g)));
+            }
+        }
+    }
+    let mut v = V {
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+fn params_of<M: ModuleSnapshot + Module>(m: &M) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = m
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| {
+            let name = t.name.clone();
+            let bytes = t.into_bytes().expect("bytes");
+            let values = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Largest difference relative to the larger magnitude of the two vectors.
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = a
+        .iter()
+        .chain(b)
+        .fold(0f64, |m, &x| m.max((x as f64).abs()))
+        .max(1e-12);
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
+        / scale
+}
+
+fn model(cfg: &SwavConfig, device: &Device) -> SwavModel<NoBn> {
+    let spec = SwavModelSpec {
+        arch: "nobn".into(),
+        base_width: 0,
+        cifar_stem: false,
+        hidden_mlp: cfg.hidden_mlp,
+        feat_dim: cfg.feat_dim,
+        prototypes: cfg.nmb_prototypes.clone(),
+    };
+    let m = seeded_init(device, 11, |d| -> Result<_, TrainError> {
+        Ok(spec.wrap(NoBn::new(d), d)?)
+    })
+    .expect("model");
+    normalize_heads(m)
+}
+
+fn sgd() -> Optimizer {
+    Optimizer::new(OptimConfig {
+        kind: OptimizerKind::Sgd,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        trust: 0.001,
+        exclude_bn_bias: false,
+    })
+}
+
+#[test]
+fn two_workers_with_batch_b_step_as_one_worker_with_batch_2b() {
+    let cfg = swav();
+    let cpu = Device::flex();
+    let device = cpu.clone().autodiff();
+    let b = 6;
+    let m = model(&cfg, &device);
+    let (halves, whole) = batches(&cfg, 2, b, 3);
+
+    let one = WorkerGroup::new(vec![cpu.clone()], &cfg, 2 * b);
+    let two = WorkerGroup::new(vec![cpu.clone(), cpu.clone()], &cfg, b);
+    let single = one
+        .step_all_codes(&m, vec![whole], &mut [None])
+        .expect("one worker");
+    let pair = two
+        .step_all_codes(&m, halves.clone(), &mut [None, None])
+        .expect("two workers");
+
+    // The loss: the mean of the workers' losses is the loss of the whole batch.
+    assert!(
+        (single.loss - pair.loss).abs() <= 1e-5 * single.loss.abs(),
+        "loss {} (1 worker) vs {} (2 workers: {:?})",
+        single.loss,
+        pair.loss,
+        pair.worker_losses
+    );
+    assert!(
+        (pair.worker_losses[0] - pair.worker_losses[1]).abs() > 1e-4,
+        "the two halves should have different losses: {:?}",
+        pair.worker_losses
+    );
+
+    // The codes: the distributed Sinkhorn on the halves is the Sinkhorn of the whole batch.
+    let whole_codes = floats(single.all_codes[0].clone());
+    let joined: Vec<f32> = pair
+        .all_codes
+        .iter()
+        .flat_map(|c| floats(c.clone()))
+        .collect();
+    assert!(
+        rel_diff(&whole_codes, &joined) < 1e-5,
+        "codes differ by {}",
+        rel_diff(&whole_codes, &joined)
+    );
+    // ... and not the Sinkhorn of one half alone: the reduction over workers matters.
+    let alone = WorkerGroup::new(vec![cpu.clone()], &cfg, b);
+    let half0 = alone
+        .step_all_codes(&m, vec![halves[0].clone()], &mut [None])
+        .expect("half alone");
+    let local = floats(half0.all_codes[0].clone());
+    assert!(
+        rel_diff(&local, &joined[..local.len()]) > 1e-3,
+        "the codes of worker 0 do not depend on worker 1's samples"
+    );
+
+    // The gradients, parameter by parameter.
+    let g1 = grads_of(&m, &single.grads);
+    let g2 = grads_of(&m, &pair.grads);
+    assert_eq!(g1.len(), g2.len());
+    assert!(g1.len() >= 5, "conv, fc, head and two prototype heads");
+    for ((id, a), (_, b)) in g1.iter().zip(&g2) {
+        let d = rel_diff(a, b);
+        assert!(d < 1e-4, "gradient of parameter {id} differs by {d}");
+    }
+
+    // The updated weights after one optimiser step.
+    let mut o1 = sgd();
+    let mut o2 = sgd();
+    let after1 = o1.step(m.clone(), &single.grads, 0.5, &|_| false);
+    let after2 = o2.step(m.clone(), &pair.grads, 0.5, &|_| false);
+    let before = params_of(&m);
+    let (p1, p2) = (params_of(&after1), params_of(&after2));
+    let mut moved = 0;
+    for (((name, a), (_, b)), (_, z)) in p1.iter().zip(&p2).zip(&before) {
+        assert!(
+            rel_diff(a, b) < 1e-5,
+            "{name} differs after the step by {}",
+            rel_diff(a, b)
+        );
+        if rel_diff(a, z) > 1e-4 {
+            moved += 1;
+        }
+    }
+    assert!(moved >= 5, "the step changed only {moved} tensors");
+}
+
+#[test]
+fn three_workers_step_as_one_worker_with_the_three_batches() {
+    let cfg = SwavConfig {
+        nmb_crops: vec![2],
+        size_crops: vec![8],
+        min_scale_crops: vec![0.3],
+        max_scale_crops: vec![1.0],
+        ..swav()
+    };
+    let cpu = Device::flex();
+    let m = model(&cfg, &cpu.clone().autodiff());
+    let b = 4;
+    let (parts, whole) = batches(&cfg, 3, b, 9);
+    let one = WorkerGroup::new(vec![cpu.clone()], &cfg, 3 * b);
+    let three = WorkerGroup::new(vec![cpu.clone(); 3], &cfg, b);
+    let single = one
+        .step_all_codes(&m, vec![whole], &mut [None])
+        .expect("one");
+    let triple = three
+        .step_all_codes(&m, parts, &mut [None, None, None])
+        .expect("three");
+    assert!((single.loss - triple.loss).abs() <= 1e-5 * single.loss.abs());
+    let joined: Vec<f32> = triple
+        .all_codes
+        .iter()
+        .flat_map(|c| floats(c.clone()))
+        .collect();
+    assert!(rel_diff(&floats(single.all_codes[0].clone()), &joined) < 1e-5);
+    for ((id, a), (_, b)) in grads_of(&m, &single.grads)
+        .iter()
+        .zip(&grads_of(&m, &triple.grads))
+    {
+        assert!(rel_diff(a, b) < 1e-4, "gradient of {id}");
+    }
+}
+
+#[test]
+fn a_group_refuses_a_step_with_the_wrong_number_of_batches() {
+    let cfg = swav();
+    let cpu = Device::flex();
+    let m = model(&cfg, &cpu.clone().autodiff());
+    let (halves, _) = batches(&cfg, 2, 2, 1);
+    let three = WorkerGroup::new(vec![cpu; 3], &cfg, 2);
+    let err = three
+        .step(&m, halves, &mut [None, None, None], false)
+        .expect_err("2 batches for 3 workers");
+    assert!(err.to_string().contains("3 workers"), "{err}");
+}
+
+/// The run of `tests/run.rs` on 2 workers of 8 images: 64 images, 32 per worker, 4 iterations
+/// per epoch, 3 epochs, a queue from epoch 1 (each worker its own), a checkpoint every 3
+/// iterations.
+fn tiny_parallel(out: &Path) -> TrainConfig {
+    let mut c = TrainConfig::demo();
+    c.swav.world_size = 2;
+    c.swav.nmb_crops = vec![2, 1];
+    c.swav.size_crops = vec![16, 8];
+    c.swav.min_scale_crops = vec![0.3, 0.1];
+    c.swav.max_scale_crops = vec![1.0, 0.3];
+    c.swav.base_width = 4;
+    c.swav.hidden_mlp = 16;
+    c.swav.feat_dim = 8;
+    c.swav.nmb_prototypes = vec![10];
+    c.swav.batch_size = 8;
+    c.swav.epochs = 3;
+    c.swav.warmup_epochs = 1;
+    c.swav.queue_length = 32;
+    c.swav.epoch_queue_starts = 1;
+    c.swav.freeze_prototypes_niters = 2;
+    c.data.shapes10_train = 64;
+    c.data.shapes10_test = 32;
+    c.data.workers = 2;
+    c.run.out_dir = out.to_path_buf();
+    c.run.checkpoint_every = 3;
+    c.run.log_every = 1;
+    c.run.knn_every = 0;
+    c.run.quiet = true;
+    c
+}
+
+fn run(config: &TrainConfig, stop_after: Option<usize>) -> swav_train::TrainOutcome<ResNet> {
+    let data = open_data(&config.data, config.swav.seed, (0, 0)).expect("data");
+    let spec = spec_for(config);
+    let options = RunOptions {
+        resume_from: None,
+        stop_after,
+    };
+    train(
+        config,
+        &data,
+        move |d: &Device| Ok(spec.resnet()?.init(d)?),
+        &options,
+    )
+    .expect("train")
+}
+
+fn bits<M: ModuleSnapshot + Module>(m: &M) -> Vec<(String, Vec<u8>)> {
+    drop(m.valid());
+    let mut v: Vec<(String, Vec<u8>)> = m
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| {
+            let name = t.name.clone();
+            (name, t.into_bytes().expect("bytes").to_vec())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_two_worker_run_killed_and_resumed_ends_where_the_uninterrupted_run_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = run(&tiny_parallel(&dir.path().join("full")), None);
+    assert!(full.summary.completed);
+    assert_eq!(full.summary.iterations, 12, "32 images per worker / 8");
+    assert!(
+        full.summary.batchnorm.contains("2 workers"),
+        "{}",
+        full.summary.batchnorm
+    );
+    let metrics =
+        std::fs::read_to_string(dir.path().join("full").join("metrics.jsonl")).expect("metrics");
+    assert!(metrics.contains("\"workers\":2"));
+    // Both workers' queues are in the checkpoint.
+    let ckpt = swav_models::read_checkpoint(&dir.path().join("full").join("checkpoint.bpk"))
+        .expect("checkpoint");
+    assert!(ckpt.arrays.contains_key("queue"));
+    assert!(ckpt.arrays.contains_key("queue.rank1"));
+    let reference = bits(&full.model);
+    // The running statistics reached the coordinator's model (they start at 0 and 1).
+    let (_, mean) = reference
+        .iter()
+        .find(|(n, _)| n == "backbone.bn1.running_mean")
+        .expect("stem BatchNorm");
+    assert!(mean.iter().any(|&b| b != 0), "running mean never updated");
+
+    // Killed after 5 iterations (checkpoint at 3, in epoch 1 with both queues live from
+    // epoch 1 on: killed after 6, checkpoint at 6).
+    for kill in [5, 7] {
+        let cfg = tiny_parallel(&dir.path().join(format!("killed{kill}")));
+        assert!(!run(&cfg, Some(kill)).summary.completed);
+        let resumed = run(&cfg, None);
+        assert!(resumed.summary.completed);
+        assert!(resumed.summary.resumed_from_iteration.is_some());
+        let got = bits(&resumed.model);
+        assert_eq!(got.len(), reference.len());
+        for ((n1, b1), (n2, b2)) in got.iter().zip(&reference) {
+            assert_eq!(n1, n2);
+            assert!(
+                b1 == b2,
+                "killed after {kill}: tensor {n1} differs from the uninterrupted run"
+            );
+        }
+    }
+
+    // A checkpoint of 2 workers does not resume a run of 1.
+    let mut one = tiny_parallel(&dir.path().join("killed5"));
+    one.swav.world_size = 1;
+    one.swav.batch_size = 16;
+    let data = open_data(&one.data, one.swav.seed, (0, 0)).expect("data");
+    let spec = spec_for(&one);
+    let err = train(
+        &one,
+        &data,
+        move |d: &Device| Ok(spec.resnet()?.init(d)?),
+        &RunOptions::default(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("world_size"), "{err}");
+}
