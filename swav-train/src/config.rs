@@ -78,6 +78,11 @@ pub struct RunConfig {
     /// `cpu` (burn's flex backend), or `wgpu` / `wgpu:N` (a GPU through burn's wgpu backend;
     /// needs the `wgpu` feature).
     pub device: String,
+    /// The device of each data-parallel worker, by rank, when they differ (empty: every worker
+    /// on `device`). One entry per worker (`swav.world_size`): `cpu`, `wgpu`, `wgpu:N`, or
+    /// `ws://host:port`, a machine serving its CPU through burn's remote backend (needs the
+    /// `remote` feature; start the server there with `swav-remote-server`).
+    pub devices: Vec<String>,
     /// Write a checkpoint every N iterations (0: only at epoch ends).
     pub checkpoint_every: usize,
     /// Write a metrics line every N iterations.
@@ -103,6 +108,7 @@ impl Default for RunConfig {
         Self {
             out_dir: PathBuf::from("runs/swav"),
             device: "cpu".into(),
+            devices: Vec::new(),
             checkpoint_every: 500,
             log_every: 10,
             knn_every: 1,
@@ -218,12 +224,33 @@ impl TrainConfig {
         if self.data.prefetch == 0 {
             return bad("data.prefetch", "must be at least 1");
         }
-        let d = self.run.device.as_str();
-        let gpu_index = d
-            .strip_prefix("wgpu:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
-        if !(matches!(d, "cpu" | "wgpu" | "gpu") || gpu_index) {
+        let known = |d: &str| {
+            let gpu_index = d
+                .strip_prefix("wgpu:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+            matches!(d, "cpu" | "wgpu" | "gpu") || gpu_index
+        };
+        if !known(&self.run.device) {
             return bad("run.device", "must be `cpu`, `wgpu` (or `gpu`) or `wgpu:N`");
+        }
+        if !self.run.devices.is_empty() {
+            if self.run.devices.len() != self.swav.world_size {
+                return Err(TrainError::ConfigFile(format!(
+                    "invalid config: `run.devices` names {} devices for {} workers \
+                     (swav.world_size); give one per worker or none",
+                    self.run.devices.len(),
+                    self.swav.world_size
+                )));
+            }
+            for d in &self.run.devices {
+                let remote = d.strip_prefix("ws://").is_some_and(|a| !a.is_empty());
+                if !(known(d) || remote) {
+                    return Err(TrainError::ConfigFile(format!(
+                        "invalid config: `run.devices` entry `{d}` must be `cpu`, `wgpu`, \
+                         `wgpu:N` or `ws://host:port`"
+                    )));
+                }
+            }
         }
         if self.run.log_every == 0 {
             return bad("run.log_every", "must be at least 1");

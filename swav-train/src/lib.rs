@@ -28,6 +28,6 @@ pub use semisup::{Classifier, SemiSupConfig, SemiSupEpoch, SemiSupResult, finetu
 pub use swav_eval::plot::line_chart;
 pub use trainer::{
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, RunSummary, SUMMARY_FILE, TrainOutcome,
-    TrainState, checkpoint_config, device_for, devices_for, eval_transform_for, forward_loss, knn_monitor,
-    multicrop_for, normalize_heads, seeded_init, spec_for, train,
+    TrainState, checkpoint_config, device_for, device_named, devices_for, eval_transform_for,
+    forward_loss, knn_monitor, multicrop_for, normalize_heads, seeded_init, spec_for, train,
 };

@@ -360,7 +360,12 @@ fn worker_loop<E: Backbone + Module + ModuleDisplay>(
         let grads = GradientsParams::from_grads(scaled.backward(), &model);
         let codes = job
             .want_codes
-            .then(|| lo.codes.first().and_then(|h| h.first()).map(|c| c.codes.clone()))
+            .then(|| {
+                lo.codes
+                    .first()
+                    .and_then(|h| h.first())
+                    .map(|c| c.codes.clone())
+            })
             .flatten();
         let running = running_stats(&model);
         let reply = Reply {

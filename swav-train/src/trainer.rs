@@ -175,9 +175,15 @@ pub fn seeded_init<M: Module, E>(
     Ok(module)
 }
 
-/// The device of a config's `run.device`.
+/// The device of a config's `run.device` (the first worker's, and the one that evaluates).
 pub fn device_for(config: &TrainConfig) -> Result<Device, TrainError> {
-    match config.run.device.as_str() {
+    device_named(&config.run.device, "run.device")
+}
+
+/// The device a name in the config designates: `cpu`, `wgpu` / `gpu`, `wgpu:N`, or
+/// `ws://host:port` (a remote server, connected here).
+pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
+    match name {
         "cpu" => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
         "wgpu" | "gpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
@@ -185,26 +191,51 @@ pub fn device_for(config: &TrainConfig) -> Result<Device, TrainError> {
         other if other.starts_with("wgpu:") => {
             let index = other["wgpu:".len()..].parse::<usize>().map_err(|_| {
                 TrainError::ConfigFile(format!(
-                    "run.device = `{other}`: the GPU index after `wgpu:` must be a number"
+                    "{field} = `{other}`: the GPU index after `wgpu:` must be a number"
                 ))
             })?;
             Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index)))
         }
+        #[cfg(feature = "remote")]
+        other if other.starts_with("ws://") => {
+            let host = burn::tensor::remote::RemoteHost::websocket(other);
+            Device::remote_options(&host).init().map_err(|e| {
+                TrainError::ConfigFile(format!(
+                    "{field} = `{other}`: cannot connect to the remote server ({e}); is \
+                     `swav-remote-server` running there and the port open?"
+                ))
+            })
+        }
         other => Err(TrainError::ConfigFile(format!(
-            "run.device = `{other}` is not built into this binary ({})",
-            if cfg!(feature = "wgpu") {
-                "choose cpu, wgpu or wgpu:N"
-            } else {
-                "choose cpu, or rebuild with `--features wgpu` for GPUs through wgpu"
+            "{field} = `{other}` is not built into this binary ({})",
+            match (cfg!(feature = "wgpu"), cfg!(feature = "remote")) {
+                (true, true) => "choose cpu, wgpu, wgpu:N or ws://host:port",
+                (true, false) =>
+                    "choose cpu, wgpu or wgpu:N; rebuild with `--features remote` for ws://",
+                (false, true) =>
+                    "choose cpu or ws://host:port; rebuild with `--features wgpu` for GPUs",
+                (false, false) =>
+                    "choose cpu, or rebuild with `--features wgpu` for GPUs through wgpu \
+                                   (`--features remote` for ws:// servers)",
             }
         ))),
     }
 }
 
-/// The devices of a run's workers, by rank: `swav.world_size` of them. On the CPU every
-/// worker uses the one `flex` device (burn's CPU device has no index; the workers are threads);
-/// with `wgpu`, worker r uses GPU r (`wgpu:N`: GPUs N, N + 1, ...).
+/// The devices of a run's workers, by rank: `swav.world_size` of them. `run.devices` names
+/// them when given. Otherwise, on the CPU every worker uses the one `flex` device (burn's CPU
+/// device has no index; the workers are threads); with `wgpu`, worker r uses GPU r (`wgpu:N`:
+/// GPUs N, N + 1, ...).
 pub fn devices_for(config: &TrainConfig) -> Result<Vec<Device>, TrainError> {
+    if !config.run.devices.is_empty() {
+        return config
+            .run
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(rank, d)| device_named(d, &format!("run.devices[{rank}]")))
+            .collect();
+    }
     let first = device_for(config)?;
     let n = config.swav.world_size.max(1);
     if n == 1 || config.run.device == "cpu" {
@@ -669,7 +700,10 @@ where
                         path.display()
                     ))
                 })?;
-                *slot = Some(EmbeddingQueue::from_state(&qs, &device)?);
+                *slot = Some(EmbeddingQueue::from_state(
+                    &qs,
+                    &bases[rank].clone().autodiff(),
+                )?);
             }
         }
         epoch = state.epoch;
@@ -788,14 +822,15 @@ where
     let group = WorkerGroup::<E>::new(bases.clone(), s, batch);
     while epoch < s.epochs {
         if s.queue_active(epoch) {
-            for q in queues.iter_mut().filter(|q| q.is_none()) {
+            // Each worker's queue lives on its device.
+            for (q, d) in queues.iter_mut().zip(&bases).filter(|(q, _)| q.is_none()) {
                 *q = Some(EmbeddingQueue::for_run(
                     s.queue_length,
                     s.batch_size,
                     world,
                     s.crops_for_assign.len(),
                     s.feat_dim,
-                    &device,
+                    &d.clone().autodiff(),
                 )?);
             }
         }
@@ -810,7 +845,10 @@ where
         let mut window = (Instant::now(), 0usize, 0f64, 0f64);
         loop {
             let t0 = Instant::now();
-            let Some(rank_batches) = epochs.iter_mut().map(Iterator::next).collect::<Option<Vec<_>>>()
+            let Some(rank_batches) = epochs
+                .iter_mut()
+                .map(Iterator::next)
+                .collect::<Option<Vec<_>>>()
             else {
                 break;
             };

@@ -114,8 +114,11 @@ fn several_workers_are_accepted_and_synchronised_batchnorm_is_refused() {
     c.validate().expect("3 CPU workers");
     let devices = swav_train::devices_for(&c).expect("devices");
     assert_eq!(devices.len(), 3);
-    let c = TrainConfig::from_toml("", &["swav.world_size=2".into(), "swav.sync_bn=true".into()])
-        .expect("parses");
+    let c = TrainConfig::from_toml(
+        "",
+        &["swav.world_size=2".into(), "swav.sync_bn=true".into()],
+    )
+    .expect("parses");
     let e = c.validate().expect_err("sync_bn");
     assert!(e.to_string().contains("swav.sync_bn"), "{e}");
     let c = TrainConfig::from_toml("", &["swav.world_size=0".into()]).expect("parses");

@@ -1,6 +1,8 @@
 //! Data-parallel training on several CPU workers: one step on 2 workers with local batch B
 //! equals one step on 1 worker with batch 2B (loss, codes, gradients, updated weights), and a
-//! 2-worker run killed and resumed ends exactly where the uninterrupted run does.
+//! 2-worker run killed and resumed ends exactly where the uninterrupted run does. With the
+//! `remote` feature: a worker on another process (burn's remote backend over WebSocket on
+//! loopback) computes what a local one does, and a run trains with it.
 
 use std::path::Path;
 
@@ -84,7 +86,11 @@ fn batches(
         let values: Vec<Vec<Vec<f32>>> = (0..ranks)
             .map(|_| {
                 (0..count)
-                    .map(|_| (0..b * img).map(|_| rng.random_range(-1.5f32..1.5)).collect())
+                    .map(|_| {
+                        (0..b * img)
+                            .map(|_| rng.random_range(-1.5f32..1.5))
+                            .collect()
+                    })
                     .collect()
             })
             .collect();
@@ -406,7 +412,7 @@ fn a_two_worker_run_killed_and_resumed_ends_where_the_uninterrupted_run_does() {
         std::fs::read_to_string(dir.path().join("full").join("metrics.jsonl")).expect("metrics");
     assert!(metrics.contains("\"workers\":2"));
     // Both workers' queues are in the checkpoint.
-    let ckpt = swav_models::read_checkpoint(&dir.path().join("full").join("checkpoint.bpk"))
+    let ckpt = swav_models::read_checkpoint(dir.path().join("full").join("checkpoint.bpk"))
         .expect("checkpoint");
     assert!(ckpt.arrays.contains_key("queue"));
     assert!(ckpt.arrays.contains_key("queue.rank1"));
@@ -452,4 +458,92 @@ fn a_two_worker_run_killed_and_resumed_ends_where_the_uninterrupted_run_does() {
     .err()
     .expect("refused");
     assert!(err.to_string().contains("world_size"), "{err}");
+}
+
+/// Workers on another process through burn's remote backend (WebSocket on loopback).
+#[cfg(feature = "remote")]
+mod remote {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    /// The server process, killed when dropped.
+    struct Server {
+        child: Child,
+        url: String,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            drop(self.child.kill());
+            drop(self.child.wait());
+        }
+    }
+
+    fn server() -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_swav-remote-server"))
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start swav-remote-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
+            .to_string();
+        Server { child, url }
+    }
+
+    #[test]
+    fn a_worker_on_a_remote_server_steps_as_a_local_one() {
+        let srv = server();
+        let cfg = swav();
+        let cpu = Device::flex();
+        let remote = swav_train::device_named(&srv.url, "test").expect("connect");
+        assert!(remote != cpu, "the worker must be on the remote device");
+        let m = model(&cfg, &cpu.clone().autodiff());
+        let (halves, _) = batches(&cfg, 2, 5, 21);
+        let local = WorkerGroup::new(vec![cpu.clone(), cpu.clone()], &cfg, 5);
+        let mixed = WorkerGroup::new(vec![cpu.clone(), remote], &cfg, 5);
+        let a = local
+            .step_all_codes(&m, halves.clone(), &mut [None, None])
+            .expect("local");
+        let b = mixed
+            .step_all_codes(&m, halves, &mut [None, None])
+            .expect("remote");
+        assert!((a.loss - b.loss).abs() <= 1e-6 * a.loss.abs());
+        for (x, y) in a.all_codes.iter().zip(&b.all_codes) {
+            assert!(rel_diff(&floats(x.clone()), &floats(y.clone())) < 1e-6);
+        }
+        for ((id, x), (_, y)) in grads_of(&m, &a.grads).iter().zip(&grads_of(&m, &b.grads)) {
+            assert!(rel_diff(x, y) < 1e-6, "gradient of {id}");
+        }
+    }
+
+    #[test]
+    fn a_run_trains_with_one_local_and_one_remote_worker() {
+        let srv = server();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = tiny_parallel(&dir.path().join("mixed"));
+        cfg.swav.epochs = 1;
+        cfg.run.devices = vec!["cpu".into(), srv.url.clone()];
+        let mixed = run(&cfg, None);
+        assert!(mixed.summary.completed);
+        assert_eq!(mixed.summary.iterations, 4);
+        let mut local_cfg = tiny_parallel(&dir.path().join("local"));
+        local_cfg.swav.epochs = 1;
+        let local = run(&local_cfg, None);
+        let (p, q) = (params_of(&mixed.model), params_of(&local.model));
+        for ((name, a), (_, b)) in p.iter().zip(&q) {
+            assert!(
+                rel_diff(a, b) < 1e-4,
+                "{name}: remote and local runs differ by {}",
+                rel_diff(a, b)
+            );
+        }
+    }
 }
