@@ -123,6 +123,35 @@ fn several_workers_are_accepted_and_synchronised_batchnorm_is_refused() {
     assert!(e.to_string().contains("swav.sync_bn"), "{e}");
     let c = TrainConfig::from_toml("", &["swav.world_size=0".into()]).expect("parses");
     assert!(c.validate().is_err(), "no worker");
+    // One device per worker, named; a remote server by its WebSocket address.
+    let c = TrainConfig::from_toml(
+        "",
+        &[
+            "swav.world_size=2".into(),
+            "run.devices=[\"cpu\", \"ws://127.0.0.1:1\"]".into(),
+        ],
+    )
+    .expect("parses");
+    c.validate().expect("cpu + remote");
+    if !cfg!(feature = "remote") {
+        let e = swav_train::devices_for(&c).expect_err("not built in");
+        assert!(e.to_string().contains("--features remote"), "{e}");
+        assert!(e.to_string().contains("run.devices[1]"), "{e}");
+    }
+    let c = TrainConfig::from_toml("", &["run.devices=[\"cpu\"]".into(), "world_size=2".into()])
+        .expect("parses");
+    let e = c.validate().expect_err("1 device for 2 workers");
+    assert!(e.to_string().contains("run.devices"), "{e}");
+    let c = TrainConfig::from_toml(
+        "",
+        &[
+            "run.devices=[\"cpu\", \"tpu\"]".into(),
+            "world_size=2".into(),
+        ],
+    )
+    .expect("parses");
+    let e = c.validate().expect_err("tpu");
+    assert!(e.to_string().contains("tpu"), "{e}");
 }
 
 #[test]
