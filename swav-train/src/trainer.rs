@@ -814,6 +814,15 @@ where
 
     let total_iters = schedule.len();
     let mut progress = Progress::new(config.run.quiet, total_iters, iteration);
+    if s.use_fp16 {
+        // Said rather than silently ignored: the original's recipes ask for apex O1.
+        let w =
+            "swav.use_fp16 = true: mixed precision is not implemented in this version; the run \
+                 trains in f32 (set use_fp16 = false to silence this)"
+                .to_string();
+        progress.warn(&w);
+        summary.warnings.push(w);
+    }
     let started = Instant::now();
     let (mut data_time, mut step_time) = (0f64, 0f64);
     let batch = s.batch_size;

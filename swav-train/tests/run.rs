@@ -314,3 +314,21 @@ fn a_non_finite_loss_stops_the_run_with_a_diagnostic_and_keeps_the_last_checkpoi
         serde_json::from_str(&ckpt.metadata["swav.train_state"]).expect("state");
     assert_eq!(state["iteration"], 2);
 }
+
+#[test]
+fn a_request_for_mixed_precision_is_reported_not_silently_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = tiny(dir.path());
+    cfg.swav.epochs = 1;
+    cfg.swav.use_fp16 = true;
+    let (_, summary) = run(&cfg, None);
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("use_fp16")),
+        "{:?}",
+        summary.warnings
+    );
+    cfg.swav.use_fp16 = false;
+    cfg.run.out_dir = dir.path().join("f32");
+    let (_, summary) = run(&cfg, None);
+    assert!(!summary.warnings.iter().any(|w| w.contains("use_fp16")));
+}
