@@ -6,7 +6,7 @@
 //! distributed algorithm and to train on several CPU devices). A backend collective can
 //! implement the same trait.
 
-use std::sync::{Arc, Barrier, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::{Tensor, TensorData};
 
@@ -45,11 +45,49 @@ impl AllReduce for SingleWorker {
     }
 }
 
-/// Shared state of a [`LocalGroup`]: one slot per rank and a barrier.
+/// Shared state of a [`LocalGroup`]: one slot per rank and a barrier that can be aborted.
 #[derive(Debug)]
 struct Shared {
-    slots: Mutex<Vec<Option<Vec<f64>>>>,
-    barrier: Barrier,
+    state: Mutex<State>,
+    turn: Condvar,
+    world_size: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    slots: Vec<Option<Vec<f64>>>,
+    /// Workers waiting at the barrier.
+    arrived: usize,
+    /// Barriers passed so far.
+    generation: u64,
+    /// Set by [`LocalWorker::abort`]: every wait fails from then on.
+    aborted: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until every worker has arrived; `false` if the group was aborted.
+    fn wait(&self) -> bool {
+        let mut st = self.lock();
+        if st.aborted {
+            return false;
+        }
+        st.arrived += 1;
+        if st.arrived == self.world_size {
+            st.arrived = 0;
+            st.generation += 1;
+            self.turn.notify_all();
+            return true;
+        }
+        let generation = st.generation;
+        while st.generation == generation && !st.aborted {
+            st = self.turn.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        !st.aborted
+    }
 }
 
 /// A data-parallel group whose workers are threads of one process.
@@ -68,8 +106,14 @@ impl LocalGroup {
     pub fn workers(world_size: usize) -> Vec<LocalWorker> {
         assert!(world_size > 0, "a group needs at least one worker");
         let shared = Arc::new(Shared {
-            slots: Mutex::new(vec![None; world_size]),
-            barrier: Barrier::new(world_size),
+            state: Mutex::new(State {
+                slots: vec![None; world_size],
+                arrived: 0,
+                generation: 0,
+                aborted: false,
+            }),
+            turn: Condvar::new(),
+            world_size,
         });
         (0..world_size)
             .map(|rank| LocalWorker {
@@ -90,6 +134,25 @@ pub struct LocalWorker {
 }
 
 impl LocalWorker {
+    /// Ends the group: every worker waiting in a reduction, now or later, panics with a message
+    /// saying another worker failed, instead of waiting for ever. A worker that fails calls
+    /// this (the trainer does, on a panic) so that the others stop too.
+    pub fn abort(&self) {
+        self.shared.lock().aborted = true;
+        self.shared.turn.notify_all();
+    }
+
+    /// Whether [`LocalWorker::abort`] was called on any worker of the group.
+    pub fn is_aborted(&self) -> bool {
+        self.shared.lock().aborted
+    }
+
+    fn wait(&self) {
+        if !self.shared.wait() {
+            panic!("data-parallel group aborted: another worker failed during this step");
+        }
+    }
+
     fn reduce<const D: usize>(&self, tensor: Tensor<D>, combine: fn(f64, f64) -> f64) -> Tensor<D> {
         let device = tensor.device();
         let dtype = tensor.dtype();
@@ -99,23 +162,12 @@ impl LocalWorker {
             .convert::<f64>()
             .try_into_vec::<f64>()
             .expect("a float tensor converts to f64");
-        {
-            let mut slots = self
-                .shared
-                .slots
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            slots[self.rank] = Some(mine);
-        }
-        self.shared.barrier.wait();
+        self.shared.lock().slots[self.rank] = Some(mine);
+        self.wait();
         let combined = {
-            let slots = self
-                .shared
-                .slots
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let st = self.shared.lock();
             let mut acc: Option<Vec<f64>> = None;
-            for slot in slots.iter() {
+            for slot in st.slots.iter() {
                 let values = slot.as_ref().expect("every worker wrote its slot");
                 acc = Some(match acc {
                     None => values.clone(),
@@ -132,7 +184,7 @@ impl LocalWorker {
         };
         // The second wait keeps a fast worker from overwriting its slot for the next reduction
         // while a slow one is still reading this one.
-        self.shared.barrier.wait();
+        self.wait();
         // Created directly in the input's float type: going through the device's default type
         // (f32) would round an f64 reduction.
         Tensor::<D>::from_data(TensorData::new(combined, shape), (&device, dtype))

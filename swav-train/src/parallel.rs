@@ -137,7 +137,7 @@ fn running_stats<M: Module>(model: &M) -> Vec<(ParamId, Tensor<1>)> {
 pub struct WorkerGroup<E> {
     devices: Vec<Device>,
     jobs: Vec<Sender<Job<E>>>,
-    replies: Receiver<Reply>,
+    replies: Receiver<Result<Reply, Failure>>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -239,12 +239,32 @@ where
                 .map_err(|_| TrainError::Parallel(format!("worker {rank} has stopped")))?;
         }
         let mut replies: Vec<Option<Reply>> = (0..world).map(|_| None).collect();
+        let mut failures: Vec<Failure> = Vec::new();
         for _ in 0..world {
-            let reply = self.replies.recv().map_err(|_| {
-                TrainError::Parallel("a worker stopped in the middle of a step".into())
-            })?;
-            let rank = reply.rank;
-            replies[rank] = Some(reply);
+            match self.replies.recv() {
+                Ok(Ok(reply)) => {
+                    let rank = reply.rank;
+                    replies[rank] = Some(reply);
+                }
+                Ok(Err(f)) => failures.push(f),
+                Err(_) => {
+                    return Err(TrainError::Parallel(
+                        "a worker stopped in the middle of a step".into(),
+                    ));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            // The worker that failed first is the one whose message is not the abort's.
+            failures.sort_by_key(|f| (f.message.contains("group aborted"), f.rank));
+            let list: Vec<String> = failures
+                .iter()
+                .map(|f| format!("worker {}: {}", f.rank, f.message))
+                .collect();
+            return Err(TrainError::Parallel(format!(
+                "a worker failed, the step was abandoned and the group stopped ({})",
+                list.join("; ")
+            )));
         }
         // Summed in rank order on the first device, so the result does not depend on which
         // worker finished first.
@@ -335,52 +355,83 @@ fn worker_loop<E: Backbone + Module + ModuleDisplay>(
     swav: SwavConfig,
     batch: usize,
     jobs: Receiver<Job<E>>,
-    out: Sender<Reply>,
+    out: Sender<Result<Reply, Failure>>,
 ) {
-    use swav_core::AllReduce;
-    let world = reduce.world_size();
     while let Ok(job) = jobs.recv() {
-        // A replica of its own: new autodiff leaves, so the workers' graphs stay apart, and
-        // running statistics of its own.
-        let model = job.model.fork(&device).valid().train();
-        let groups: Vec<Tensor<4>> = job
-            .groups
-            .into_iter()
-            .map(|g| g.into_tensor(&device))
-            .collect();
-        let mut queue = job.queue;
-        let (scores, lo) = forward_loss(&model, &groups, batch, &swav, queue.as_mut(), &reduce);
-        let loss = lo.loss.clone().into_scalar::<f32>() as f64;
-        let diagnostic = (!loss.is_finite()).then(|| diagnose(&scores, &lo, batch, &swav));
-        let scaled = if world > 1 {
-            lo.loss.div_scalar(world as f64)
-        } else {
-            lo.loss
-        };
-        let grads = GradientsParams::from_grads(scaled.backward(), &model);
-        let codes = job
-            .want_codes
-            .then(|| {
-                lo.codes
-                    .first()
-                    .and_then(|h| h.first())
-                    .map(|c| c.codes.clone())
-            })
-            .flatten();
-        let running = running_stats(&model);
-        let reply = Reply {
-            running,
-            rank,
-            grads,
-            loss,
-            codes,
-            queue,
-            queue_used: lo.queue_used,
-            diagnostic,
-        };
-        if out.send(reply).is_err() {
+        // A panic (a bug, a remote server gone, memory) must not leave the other workers
+        // waiting in a reduction for ever: the group is aborted, every worker reports, and the
+        // coordinator returns an error.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            worker_step(rank, &device, &reduce, &swav, batch, job)
+        }))
+        .map_err(|payload| {
+            reduce.abort();
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            Failure { rank, message }
+        });
+        if out.send(result).is_err() {
             break;
         }
+    }
+}
+
+/// A worker's step that panicked.
+struct Failure {
+    rank: usize,
+    message: String,
+}
+
+fn worker_step<E: Backbone + Module + ModuleDisplay>(
+    rank: usize,
+    device: &Device,
+    reduce: &LocalWorker,
+    swav: &SwavConfig,
+    batch: usize,
+    job: Job<E>,
+) -> Reply {
+    use swav_core::AllReduce;
+    let world = reduce.world_size();
+    // A replica of its own: new autodiff leaves, so the workers' graphs stay apart, and
+    // running statistics of its own.
+    let model = job.model.fork(device).valid().train();
+    let groups: Vec<Tensor<4>> = job
+        .groups
+        .into_iter()
+        .map(|g| g.into_tensor(device))
+        .collect();
+    let mut queue = job.queue;
+    let (scores, lo) = forward_loss(&model, &groups, batch, swav, queue.as_mut(), reduce);
+    let loss = lo.loss.clone().into_scalar::<f32>() as f64;
+    let diagnostic = (!loss.is_finite()).then(|| diagnose(&scores, &lo, batch, swav));
+    let scaled = if world > 1 {
+        lo.loss.div_scalar(world as f64)
+    } else {
+        lo.loss
+    };
+    let grads = GradientsParams::from_grads(scaled.backward(), &model);
+    let codes = job
+        .want_codes
+        .then(|| {
+            lo.codes
+                .first()
+                .and_then(|h| h.first())
+                .map(|c| c.codes.clone())
+        })
+        .flatten();
+    let running = running_stats(&model);
+    Reply {
+        running,
+        rank,
+        grads,
+        loss,
+        codes,
+        queue,
+        queue_used: lo.queue_used,
+        diagnostic,
     }
 }
 

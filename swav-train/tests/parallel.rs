@@ -336,6 +336,64 @@ fn a_group_refuses_a_step_with_the_wrong_number_of_batches() {
     assert!(err.to_string().contains("3 workers"), "{err}");
 }
 
+/// A backbone that panics on images holding a value above 100.
+#[derive(Module, Debug)]
+struct Explosive {
+    inner: NoBn,
+}
+
+impl Backbone for Explosive {
+    fn feature_dim(&self) -> usize {
+        self.inner.feature_dim()
+    }
+
+    fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
+        let max = images.clone().max().into_scalar::<f32>();
+        assert!(max <= 100.0, "exploded on a pixel of {max}");
+        self.inner.forward_features(images)
+    }
+}
+
+#[test]
+fn a_worker_that_fails_stops_the_step_with_an_error_instead_of_a_hang() {
+    let cfg = swav();
+    let cpu = Device::flex();
+    let device = cpu.clone().autodiff();
+    let spec = SwavModelSpec {
+        arch: "explosive".into(),
+        base_width: 0,
+        cifar_stem: false,
+        hidden_mlp: cfg.hidden_mlp,
+        feat_dim: cfg.feat_dim,
+        prototypes: cfg.nmb_prototypes.clone(),
+    };
+    let m = normalize_heads(
+        spec.wrap(
+            Explosive {
+                inner: NoBn::new(&device),
+            },
+            &device,
+        )
+        .expect("model"),
+    );
+    let (mut halves, _) = batches(&cfg, 2, 3, 5);
+    halves[1][0].data[7] = 1000.0;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let group = WorkerGroup::new(vec![cpu.clone(), cpu], &cfg, 3);
+        let first = group.step(&m, halves.clone(), &mut [None, None], false);
+        // The group stays stopped: the next step fails too, at once.
+        let second = group.step(&m, halves, &mut [None, None], false);
+        drop(tx.send((first.map(|_| ()), second.map(|_| ()))));
+    });
+    let (first, second) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the step returned instead of hanging");
+    let e = first.expect_err("worker 1 panicked").to_string();
+    assert!(e.contains("worker 1: exploded on a pixel of 1000"), "{e}");
+    assert!(second.is_err());
+}
+
 /// The run of `tests/run.rs` on 2 workers of 8 images: 64 images, 32 per worker, 4 iterations
 /// per epoch, 3 epochs, a queue from epoch 1 (each worker its own), a checkpoint every 3
 /// iterations.
