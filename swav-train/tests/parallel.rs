@@ -18,6 +18,9 @@ use rand_chacha::ChaCha8Rng;
 use swav_core::{OptimizerKind, SwavConfig};
 use swav_data::CropGroupBatch;
 use swav_models::{Backbone, ResNet, SwavModel, SwavModelSpec};
+
+mod common;
+use common::{bits, tiny};
 use swav_train::{
     OptimConfig, Optimizer, RunOptions, TrainConfig, TrainError, WorkerGroup, normalize_heads,
     open_data, seeded_init, spec_for, train,
@@ -398,61 +401,15 @@ fn a_worker_that_fails_stops_the_step_with_an_error_instead_of_a_hang() {
 /// per epoch, 3 epochs, a queue from epoch 1 (each worker its own), a checkpoint every 3
 /// iterations.
 fn tiny_parallel(out: &Path) -> TrainConfig {
-    let mut c = TrainConfig::demo();
+    let mut c = tiny(out);
     c.swav.world_size = 2;
-    c.swav.nmb_crops = vec![2, 1];
-    c.swav.size_crops = vec![16, 8];
-    c.swav.min_scale_crops = vec![0.3, 0.1];
-    c.swav.max_scale_crops = vec![1.0, 0.3];
-    c.swav.base_width = 4;
-    c.swav.hidden_mlp = 16;
-    c.swav.feat_dim = 8;
-    c.swav.nmb_prototypes = vec![10];
     c.swav.batch_size = 8;
-    c.swav.epochs = 3;
-    c.swav.warmup_epochs = 1;
-    c.swav.queue_length = 32;
-    c.swav.epoch_queue_starts = 1;
-    c.swav.freeze_prototypes_niters = 2;
-    c.data.shapes10_train = 64;
-    c.data.shapes10_test = 32;
-    c.data.workers = 2;
-    c.run.out_dir = out.to_path_buf();
-    c.run.checkpoint_every = 3;
-    c.run.log_every = 1;
-    c.run.knn_every = 0;
-    c.run.quiet = true;
     c
 }
 
 fn run(config: &TrainConfig, stop_after: Option<usize>) -> swav_train::TrainOutcome<ResNet> {
-    let data = open_data(&config.data, config.swav.seed, (0, 0)).expect("data");
-    let spec = spec_for(config);
-    let options = RunOptions {
-        resume_from: None,
-        stop_after,
-    };
-    train(
-        config,
-        &data,
-        move |d: &Device| Ok(spec.resnet()?.init(d)?),
-        &options,
-    )
-    .expect("train")
-}
-
-fn bits<M: ModuleSnapshot + Module>(m: &M) -> Vec<(String, Vec<u8>)> {
-    drop(m.valid());
-    let mut v: Vec<(String, Vec<u8>)> = m
-        .collect(None, None, false)
-        .into_iter()
-        .map(|t| {
-            let name = t.name.clone();
-            (name, t.into_bytes().expect("bytes").to_vec())
-        })
-        .collect();
-    v.sort();
-    v
+    let (model, summary) = common::run(config, stop_after);
+    swav_train::TrainOutcome { model, summary }
 }
 
 #[test]

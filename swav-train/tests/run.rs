@@ -2,83 +2,20 @@
 //! prototypes frozen without any update, a stop with a diagnostic on a non-finite loss while the
 //! last good checkpoint is kept, bad configs refused before work, and the run folder's files.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::store::ModuleSnapshot;
 use burn::tensor::{Device, Tensor};
 use swav_models::{Backbone, ResNet, SwavModel, read_checkpoint};
 use swav_train::{
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, SUMMARY_FILE, TrainConfig, TrainError,
-    open_data, spec_for, train,
+    open_data, train,
 };
 
-/// A tiny run: narrow ResNet-18, 16 px and 8 px crops, 64 Shapes10 images in batches of 16
-/// (4 iterations per epoch), 3 epochs, a queue from epoch 1, prototypes frozen 2 iterations,
-/// a checkpoint every 3 iterations.
-fn tiny(out: &Path) -> TrainConfig {
-    let mut c = TrainConfig::demo();
-    c.swav.nmb_crops = vec![2, 1];
-    c.swav.size_crops = vec![16, 8];
-    c.swav.min_scale_crops = vec![0.3, 0.1];
-    c.swav.max_scale_crops = vec![1.0, 0.3];
-    c.swav.base_width = 4;
-    c.swav.hidden_mlp = 16;
-    c.swav.feat_dim = 8;
-    c.swav.nmb_prototypes = vec![10];
-    c.swav.batch_size = 16;
-    c.swav.epochs = 3;
-    c.swav.warmup_epochs = 1;
-    c.swav.queue_length = 32;
-    c.swav.epoch_queue_starts = 1;
-    c.swav.freeze_prototypes_niters = 2;
-    c.data.shapes10_train = 64;
-    c.data.shapes10_test = 32;
-    c.data.workers = 2;
-    c.run.out_dir = out.to_path_buf();
-    c.run.checkpoint_every = 3;
-    c.run.log_every = 1;
-    c.run.knn_every = 0;
-    c.run.quiet = true;
-    c
-}
-
-fn resnet(config: &TrainConfig) -> impl FnOnce(&Device) -> Result<ResNet, TrainError> {
-    let spec = spec_for(config);
-    move |d: &Device| Ok(spec.resnet()?.init(d)?)
-}
-
-fn run(
-    config: &TrainConfig,
-    stop_after: Option<usize>,
-) -> (SwavModel<ResNet>, swav_train::RunSummary) {
-    let data = open_data(&config.data, config.swav.seed, (0, 0)).expect("data");
-    let options = RunOptions {
-        resume_from: None,
-        stop_after,
-    };
-    let out = train(config, &data, resnet(config), &options).expect("train");
-    (out.model, out.summary)
-}
-
-/// Every tensor of the model (parameters and BatchNorm running statistics) as raw bits.
-fn bits<M: ModuleSnapshot + Module>(m: &M) -> Vec<(String, Vec<u8>)> {
-    drop(m.valid());
-    let mut v: Vec<(String, Vec<u8>)> = m
-        .collect(None, None, false)
-        .into_iter()
-        .map(|t| {
-            let name = t.name.clone();
-            let b = t.into_bytes().expect("bytes");
-            (name, b.to_vec())
-        })
-        .collect();
-    v.sort();
-    v
-}
+mod common;
+use common::{bits, resnet, run, tiny};
 
 #[test]
 fn two_runs_of_one_config_end_bit_identical() {
