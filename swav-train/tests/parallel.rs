@@ -370,15 +370,18 @@ fn a_worker_that_fails_stops_the_step_with_an_error_instead_of_a_hang() {
         feat_dim: cfg.feat_dim,
         prototypes: cfg.nmb_prototypes.clone(),
     };
-    let m = normalize_heads(
-        spec.wrap(
+    // Through `seeded_init`, like every initialisation here: an unseeded draw from the shared
+    // device generator would interleave with another test's seeded one.
+    let m = seeded_init(&device, 5, |d| -> Result<_, TrainError> {
+        Ok(spec.wrap(
             Explosive {
-                inner: NoBn::new(&device),
+                inner: NoBn::new(d),
             },
-            &device,
-        )
-        .expect("model"),
-    );
+            d,
+        )?)
+    })
+    .map(normalize_heads)
+    .expect("model");
     let (mut halves, _) = batches(&cfg, 2, 3, 5);
     halves[1][0].data[7] = 1000.0;
     let (tx, rx) = std::sync::mpsc::channel();
