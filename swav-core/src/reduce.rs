@@ -142,11 +142,6 @@ impl LocalWorker {
         self.shared.turn.notify_all();
     }
 
-    /// Whether [`LocalWorker::abort`] was called on any worker of the group.
-    pub fn is_aborted(&self) -> bool {
-        self.shared.lock().aborted
-    }
-
     fn wait(&self) {
         if !self.shared.wait() {
             panic!("data-parallel group aborted: another worker failed during this step");

@@ -73,11 +73,10 @@ pub struct ParallelStep {
     pub loss: f64,
     /// Each worker's loss, by rank.
     pub worker_losses: Vec<f64>,
-    /// Rank 0's codes of the first head's first assignment crop, `[B, K]`, when asked for.
-    pub codes: Option<Tensor<2>>,
-    /// Every worker's codes of the first head's first assignment crop, by rank, when asked for
-    /// with [`WorkerGroup::step_all_codes`].
-    pub all_codes: Vec<Tensor<2>>,
+    /// The codes of the first head's first assignment crop, `[B, K]`, of the workers asked for
+    /// them, by rank: rank 0 alone with [`WorkerGroup::step`], every worker with
+    /// [`WorkerGroup::step_all_codes`].
+    pub codes: Vec<Tensor<2>>,
     /// Whether the queue took part in the Sinkhorn this step.
     pub queue_used: bool,
     /// For a non-finite loss: which worker and what its scores and loss parts were.
@@ -275,8 +274,7 @@ where
             grads: GradientsParams::new(),
             loss: 0.0,
             worker_losses: Vec::with_capacity(world),
-            codes: None,
-            all_codes: Vec::new(),
+            codes: Vec::new(),
             queue_used: false,
             diagnostic: None,
             combine_s: 0.0,
@@ -313,12 +311,7 @@ where
                     .get_or_insert_with(String::new)
                     .push_str(&format!("worker {rank}: {d}; "));
             }
-            if let Some(c) = reply.codes {
-                if rank == 0 {
-                    out.codes = Some(c.clone());
-                }
-                out.all_codes.push(c);
-            }
+            out.codes.extend(reply.codes);
         }
         out.grads = acc.grads();
         out.running = running

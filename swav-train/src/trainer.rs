@@ -10,8 +10,6 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use swav_augment::{CropGroup, MultiCrop, MultiCropConfig};
-#[allow(unused_imports)] // `SingleWorker` is named in the docs.
-use swav_core::SingleWorker;
 use swav_core::{
     AllReduce, EmbeddingQueue, QueueState, SwavConfig, SwavLossOutput, normalize_prototypes,
     swav_loss_multi_head,
@@ -350,8 +348,8 @@ fn workers(config: &TrainConfig) -> usize {
 /// `groups` (one tensor per resolution group, crop-major, `batch` images), then for each prototype head the
 /// codes of `crops_for_assign` without gradient (with the queue when it is full) and the
 /// swapped-prediction loss. The prototypes must have been normalised ([`normalize_heads`]).
-/// `reduce` combines the Sinkhorn's sums over the data-parallel workers ([`SingleWorker`] for
-/// one).
+/// `reduce` combines the Sinkhorn's sums over the data-parallel workers
+/// ([`swav_core::SingleWorker`] for one).
 /// Returns each head's scores and the loss with its codes.
 pub fn forward_loss<E: Backbone + Module, R: AllReduce>(
     model: &SwavModel<E>,
@@ -847,14 +845,14 @@ where
         let (mut used_min, mut entropy_sum, mut stat_n) = (usize::MAX, 0f64, 0usize);
         let epoch_start = Instant::now();
         let mut epoch_images = 0usize;
-        let mut epochs: Vec<_> = loaders
+        let mut shards: Vec<_> = loaders
             .iter()
             .map(|l| l.epoch(epoch as u64, next_batch))
             .collect();
         let mut window = (Instant::now(), 0usize, 0f64, 0f64);
         loop {
             let t0 = Instant::now();
-            let Some(rank_batches) = epochs
+            let Some(rank_batches) = shards
                 .iter_mut()
                 .map(Iterator::next)
                 .collect::<Option<Vec<_>>>()
@@ -899,7 +897,7 @@ where
             window.2 += t_data;
             window.3 += t_step;
 
-            if let Some(codes) = out.codes {
+            if let Some(codes) = out.codes.into_iter().next() {
                 let (used, entropy) = code_stats(codes);
                 used_min = used_min.min(used);
                 entropy_sum += entropy;
@@ -940,7 +938,7 @@ where
                 )?;
             }
         }
-        drop(epochs);
+        drop(shards);
         next_batch = 0;
         epoch += 1;
         save(

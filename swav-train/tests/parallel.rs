@@ -237,12 +237,8 @@ fn two_workers_with_batch_b_step_as_one_worker_with_batch_2b() {
     );
 
     // The codes: the distributed Sinkhorn on the halves is the Sinkhorn of the whole batch.
-    let whole_codes = floats(single.all_codes[0].clone());
-    let joined: Vec<f32> = pair
-        .all_codes
-        .iter()
-        .flat_map(|c| floats(c.clone()))
-        .collect();
+    let whole_codes = floats(single.codes[0].clone());
+    let joined: Vec<f32> = pair.codes.iter().flat_map(|c| floats(c.clone())).collect();
     assert!(
         rel_diff(&whole_codes, &joined) < 1e-5,
         "codes differ by {}",
@@ -253,7 +249,7 @@ fn two_workers_with_batch_b_step_as_one_worker_with_batch_2b() {
     let half0 = alone
         .step_all_codes(&m, vec![halves[0].clone()], &mut [None])
         .expect("half alone");
-    let local = floats(half0.all_codes[0].clone());
+    let local = floats(half0.codes[0].clone());
     assert!(
         rel_diff(&local, &joined[..local.len()]) > 1e-3,
         "the codes of worker 0 do not depend on worker 1's samples"
@@ -313,11 +309,11 @@ fn three_workers_step_as_one_worker_with_the_three_batches() {
         .expect("three");
     assert!((single.loss - triple.loss).abs() <= 1e-5 * single.loss.abs());
     let joined: Vec<f32> = triple
-        .all_codes
+        .codes
         .iter()
         .flat_map(|c| floats(c.clone()))
         .collect();
-    assert!(rel_diff(&floats(single.all_codes[0].clone()), &joined) < 1e-5);
+    assert!(rel_diff(&floats(single.codes[0].clone()), &joined) < 1e-5);
     for ((id, a), (_, b)) in grads_of(&m, &single.grads)
         .iter()
         .zip(&grads_of(&m, &triple.grads))
@@ -534,7 +530,7 @@ mod remote {
             .step_all_codes(&m, halves, &mut [None, None])
             .expect("remote");
         assert!((a.loss - b.loss).abs() <= 1e-6 * a.loss.abs());
-        for (x, y) in a.all_codes.iter().zip(&b.all_codes) {
+        for (x, y) in a.codes.iter().zip(&b.codes) {
             assert!(rel_diff(&floats(x.clone()), &floats(y.clone())) < 1e-6);
         }
         for ((id, x), (_, y)) in grads_of(&m, &a.grads).iter().zip(&grads_of(&m, &b.grads)) {
