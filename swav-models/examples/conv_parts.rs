@@ -1,0 +1,46 @@
+//! Probe: where flex spends a 3x3 convolution's forward + backward (no autodiff; the three
+//! kernels autodiff calls: conv2d, conv_transpose2d for the input gradient, and conv2d over
+//! swapped batch/channel axes for the weight gradient).
+use std::time::Instant;
+
+use burn::tensor::module::{conv_transpose2d, conv2d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{Device, Distribution, Tensor};
+
+fn best<F: FnMut() -> f32>(mut f: F) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let t = Instant::now();
+        std::hint::black_box(f());
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best * 1e3
+}
+
+fn main() {
+    let device = Device::flex();
+    for (b, c, s, stride) in [(64usize, 64usize, 32usize, 1usize), (64, 128, 16, 1), (64, 256, 8, 1), (64, 64, 32, 2)] {
+        let so = s / stride;
+        let x = Tensor::<4>::random([b, c, s, s], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<4>::random([c, c, 3, 3], Distribution::Normal(0.0, 0.1), &device);
+        let g = Tensor::<4>::random([b, c, so, so], Distribution::Normal(0.0, 1.0), &device);
+        let opts = ConvOptions::new([stride, stride], [1, 1], [1, 1], 1);
+        let fwd = best(|| conv2d(x.clone(), w.clone(), None, opts.clone()).sum().into_scalar::<f32>());
+        let tpad = stride - 1;
+        let topts = ConvTransposeOptions::new([stride, stride], [1, 1], [tpad, tpad], [1, 1], 1);
+        let xb = best(|| conv_transpose2d(g.clone(), w.clone(), None, topts.clone()).sum().into_scalar::<f32>());
+        let wopts = ConvOptions::new([1, 1], [1, 1], [stride, stride], 1);
+        let wb = best(|| {
+            conv2d(x.clone().swap_dims(0, 1), g.clone().swap_dims(0, 1), None, wopts.clone())
+                .sum()
+                .into_scalar::<f32>()
+        });
+        let gflop = 2.0 * (b * c * c * 9 * so * so) as f64 / 1e9;
+        println!(
+            "B{b} C{c} {s}px s{stride}: fwd {fwd:.1} ms ({:.1} GF/s)  x-grad {xb:.1} ms ({:.1})  w-grad {wb:.1} ms ({:.1})",
+            gflop / fwd * 1e3,
+            gflop / xb * 1e3,
+            gflop / wb * 1e3
+        );
+    }
+}
