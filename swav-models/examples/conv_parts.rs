@@ -19,28 +19,69 @@ fn best<F: FnMut() -> f32>(mut f: F) -> f64 {
 
 fn main() {
     let device = Device::flex();
-    for (b, c, s, stride) in [(64usize, 64usize, 32usize, 1usize), (64, 128, 16, 1), (64, 256, 8, 1), (64, 64, 32, 2)] {
+    for (b, c, s, stride) in [
+        (64usize, 64usize, 32usize, 1usize),
+        (64, 128, 16, 1),
+        (64, 256, 8, 1),
+        (64, 64, 32, 2),
+    ] {
         let so = s / stride;
         let x = Tensor::<4>::random([b, c, s, s], Distribution::Normal(0.0, 1.0), &device);
         let w = Tensor::<4>::random([c, c, 3, 3], Distribution::Normal(0.0, 0.1), &device);
         let g = Tensor::<4>::random([b, c, so, so], Distribution::Normal(0.0, 1.0), &device);
         let opts = ConvOptions::new([stride, stride], [1, 1], [1, 1], 1);
-        let fwd = best(|| conv2d(x.clone(), w.clone(), None, opts.clone()).sum().into_scalar::<f32>());
-        let tpad = stride - 1;
-        let topts = ConvTransposeOptions::new([stride, stride], [1, 1], [tpad, tpad], [1, 1], 1);
-        let xb = best(|| conv_transpose2d(g.clone(), w.clone(), None, topts.clone()).sum().into_scalar::<f32>());
-        let wopts = ConvOptions::new([1, 1], [1, 1], [stride, stride], 1);
-        let wb = best(|| {
-            conv2d(x.clone().swap_dims(0, 1), g.clone().swap_dims(0, 1), None, wopts.clone())
+        let fwd = best(|| {
+            conv2d(x.clone(), w.clone(), None, opts.clone())
                 .sum()
                 .into_scalar::<f32>()
         });
+        let tpad = stride - 1;
+        let topts = ConvTransposeOptions::new([stride, stride], [1, 1], [tpad, tpad], [1, 1], 1);
+        let xb = best(|| {
+            conv_transpose2d(g.clone(), w.clone(), None, topts.clone())
+                .sum()
+                .into_scalar::<f32>()
+        });
+        let wopts = ConvOptions::new([1, 1], [1, 1], [stride, stride], 1);
+        let wb = best(|| {
+            conv2d(
+                x.clone().swap_dims(0, 1),
+                g.clone().swap_dims(0, 1),
+                None,
+                wopts.clone(),
+            )
+            .sum()
+            .into_scalar::<f32>()
+        });
+        let geo = swav_models::flexconv::ConvGeometry {
+            batch: b,
+            channels_in: c,
+            height: s,
+            width: s,
+            channels_out: c,
+            kernel: [3, 3],
+            out: [so, so],
+            stride: [stride, stride],
+            padding: [1, 1],
+        };
+        let xv: Vec<f32> = x.to_data().try_to_vec::<f32>().expect("x");
+        let wv: Vec<f32> = w.to_data().try_to_vec::<f32>().expect("w");
+        let gv: Vec<f32> = g.to_data().try_to_vec::<f32>().expect("g");
+        let ofwd = best(|| swav_models::flexconv::conv2d_forward(&xv, &wv, &geo)[0]);
+        let oxb = best(|| swav_models::flexconv::conv2d_input_grad(&wv, &gv, &geo)[0]);
+        let owb = best(|| swav_models::flexconv::conv2d_weight_grad(&xv, &gv, &geo)[0]);
         let gflop = 2.0 * (b * c * c * 9 * so * so) as f64 / 1e9;
         println!(
             "B{b} C{c} {s}px s{stride}: fwd {fwd:.1} ms ({:.1} GF/s)  x-grad {xb:.1} ms ({:.1})  w-grad {wb:.1} ms ({:.1})",
             gflop / fwd * 1e3,
             gflop / xb * 1e3,
             gflop / wb * 1e3
+        );
+        println!(
+            "    swav-models flexconv:  fwd {ofwd:.1} ms ({:.1})  x-grad {oxb:.1} ms ({:.1})  w-grad {owb:.1} ms ({:.1})",
+            gflop / ofwd * 1e3,
+            gflop / oxb * 1e3,
+            gflop / owb * 1e3
         );
     }
 }

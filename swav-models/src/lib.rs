@@ -17,6 +17,7 @@
 mod backbone;
 mod checkpoint;
 mod error;
+pub mod flexconv;
 mod head;
 mod import;
 mod resnet;

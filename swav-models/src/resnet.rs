@@ -7,6 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +176,24 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, device: &Device) -> Co
         .init(device)
 }
 
+/// A convolution's forward: burn's own, except that a convolution without bias and with explicit
+/// padding goes through [`crate::flexconv::conv2d_no_bias`] (a faster weight gradient on flex;
+/// the same values).
+fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match (&conv.bias, &conv.padding) {
+        (None, PaddingConfig2d::Explicit(top, left, bottom, right)) => {
+            let options = ConvOptions::new_with_padding(
+                conv.stride,
+                [(*top, *bottom), (*left, *right)],
+                conv.dilation,
+                conv.groups,
+            );
+            crate::flexconv::conv2d_no_bias(x, conv.weight.val(), options)
+        }
+        _ => conv.forward(x),
+    }
+}
+
 /// BatchNorm with weight 1 (or 0 for a zero-init residual) and bias 0.
 fn bn(channels: usize, zero: bool, device: &Device) -> BatchNorm {
     let mut b = BatchNormConfig::new(channels).init(device);
@@ -254,13 +273,13 @@ impl ResBlock {
     /// The block's output for `x`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(conv_forward(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let mut y = relu(self.bn1.forward(self.conv1.forward(x)));
-        y = self.bn2.forward(self.conv2.forward(y));
+        let mut y = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
+        y = self.bn2.forward(conv_forward(&self.conv2, y));
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = b3.forward(c3.forward(relu(y)));
+            y = b3.forward(conv_forward(c3, relu(y)));
         }
         relu(y.add(identity))
     }
@@ -295,7 +314,7 @@ impl Backbone for ResNet {
     }
 
     fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(images)));
+        let mut x = relu(self.bn1.forward(conv_forward(&self.conv1, images)));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }

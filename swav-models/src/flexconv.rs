@@ -1,0 +1,619 @@
+//! Convolutions for burn's `flex` CPU backend as one GEMM per image, forward and backward.
+//!
+//! burn 0.22 on flex computes a convolution's weight gradient as another convolution over the
+//! input and output gradient with batch and channel axes swapped; it ran at a third of the
+//! forward's speed and took about half of a ResNet's convolution time; flex's forward converts
+//! to channels-last and back around its GEMM. Here, per image `b`, in NCHW with
+//! `col(x_b)` the `[C·kh·kw, Ho·Wo]` patch matrix:
+//!
+//! - forward: `Y_b[O, Ho·Wo] = W[O, C·kh·kw] · col(x_b)` (a 1x1 stride-1 convolution uses `x_b`
+//!   itself);
+//! - input gradient: `dcol = Wᵀ · dY_b`, added back onto `dX_b` (col2im);
+//! - weight gradient: `dW += dY_b · col(x_b)ᵀ`, one accumulator per thread, summed in order.
+//!
+//! Images are split over the rayon threads (the GEMM itself is split when there are fewer
+//! images than threads); every sum runs in a fixed order, so results do not depend on timing.
+//! Measured per kernel and per training step in docs/benchmarks.md
+//! (`cargo run -p swav-models --example conv_parts`, `cargo xtask bench`).
+//!
+//! It enters burn through a backend extension ([`FastConvBackend`]) with its own backward for
+//! `Autodiff<Flex>`. It serves f32 convolutions without bias, groups or dilation and with
+//! symmetric padding on flex; any other case, and every other backend, goes through burn's
+//! `conv2d` unchanged ([`conv2d_no_bias`] decides).
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// A 2-D convolution without bias whose weight gradient is computed by [`conv2d_weight_grad`]
+/// on flex. Implemented for `Flex` and `Autodiff<Flex>`; reached through `Dispatch`.
+#[backend_extension(Flex, Autodiff)]
+pub trait FastConvBackend: Backend {
+    /// `conv2d(x, weight, None, options)`, differentiable where the backend is.
+    fn fast_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradient of `fast_conv2d` with respect to `x`, given the output's gradient.
+    fn fast_conv2d_x_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradient of `fast_conv2d` with respect to `weight`, given the output's gradient.
+    fn fast_conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+}
+
+impl FastConvBackend for Flex {
+    fn fast_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let xs = x.layout().shape().clone();
+        let ws = weight.layout().shape().clone();
+        let out = [
+            out_size(xs[2], ws[2], options.stride[0], options.padding_begin()[0]),
+            out_size(xs[3], ws[3], options.stride[1], options.padding_begin()[1]),
+        ];
+        let Some(geometry) = geometry(&[&x, &weight], &xs, &ws, out, &options) else {
+            return Self::conv2d(x, weight, None, options);
+        };
+        let x = x.to_contiguous();
+        let weight = weight.to_contiguous();
+        let (Some(xv), Some(wv)) = (x.as_slice::<f32>(), weight.as_slice::<f32>()) else {
+            return Self::conv2d(x, weight, None, options);
+        };
+        let y = conv2d_forward(xv, wv, &geometry);
+        let shape = [xs[0], ws[0], out[0], out[1]];
+        burn::backend::flex::FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn fast_conv2d_x_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let xs = x.layout().shape().clone();
+        let ws = weight.layout().shape().clone();
+        let gs = output_grad.layout().shape().clone();
+        let tensors = [&x, &weight, &output_grad];
+        let Some(geometry) = geometry(&tensors, &xs, &ws, [gs[2], gs[3]], &options) else {
+            return Self::conv2d_x_backward(x, weight, output_grad, options);
+        };
+        let weight = weight.to_contiguous();
+        let g = output_grad.to_contiguous();
+        let (Some(wv), Some(gv)) = (weight.as_slice::<f32>(), g.as_slice::<f32>()) else {
+            return Self::conv2d_x_backward(x, weight, g, options);
+        };
+        let grad = conv2d_input_grad(wv, gv, &geometry);
+        burn::backend::flex::FlexTensor::from_data(TensorData::new(grad, xs))
+    }
+
+    fn fast_conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let xs = x.layout().shape().clone();
+        let ws = weight.layout().shape().clone();
+        let gs = output_grad.layout().shape().clone();
+        let tensors = [&x, &weight, &output_grad];
+        let Some(geometry) = geometry(&tensors, &xs, &ws, [gs[2], gs[3]], &options) else {
+            return Self::conv2d_weight_backward(x, weight, output_grad, options);
+        };
+        let x = x.to_contiguous();
+        let g = output_grad.to_contiguous();
+        let (Some(xv), Some(gv)) = (x.as_slice::<f32>(), g.as_slice::<f32>()) else {
+            return Self::conv2d_weight_backward(x, weight, g, options);
+        };
+        let grad = conv2d_weight_grad(xv, gv, &geometry);
+        burn::backend::flex::FlexTensor::from_data(TensorData::new(grad, ws))
+    }
+}
+
+fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    (size + 2 * padding).saturating_sub(kernel) / stride.max(1) + 1
+}
+
+/// The geometry of a convolution the kernels here handle (f32, 4-D, no groups, no dilation,
+/// symmetric padding, a kernel that fits the padded input), or `None` for burn's own path.
+fn geometry(
+    tensors: &[&burn::backend::flex::FlexTensor],
+    xs: &burn::tensor::Shape,
+    ws: &burn::tensor::Shape,
+    out: [usize; 2],
+    options: &ConvOptions<2>,
+) -> Option<ConvGeometry> {
+    let ok = tensors.iter().all(|t| t.dtype() == DType::F32)
+        && xs.num_dims() == 4
+        && ws.num_dims() == 4
+        && options.groups == 1
+        && options.dilation == [1, 1]
+        && !options.is_asymmetric()
+        && ws[1] == xs[1]
+        && xs[2] + 2 * options.padding_begin()[0] >= ws[2]
+        && xs[3] + 2 * options.padding_begin()[1] >= ws[3];
+    ok.then(|| ConvGeometry {
+        batch: xs[0],
+        channels_in: xs[1],
+        height: xs[2],
+        width: xs[3],
+        channels_out: ws[0],
+        kernel: [ws[2], ws[3]],
+        out,
+        stride: options.stride,
+        padding: options.padding_begin(),
+    })
+}
+
+impl<B: Backend + FastConvBackend, C: CheckpointStrategy> FastConvBackend for Autodiff<B, C> {
+    fn fast_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FastConv2dBackward;
+
+        impl<B: Backend + FastConvBackend> Backward<B, 2> for FastConv2dBackward {
+            type State = (NodeId, NodeId, ConvOptions<2>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_weight] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, weight_state, options) = ops.state;
+                let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+                let weight =
+                    checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+                if let Some(node) = node_x {
+                    let gx = B::fast_conv2d_x_grad(
+                        x.clone(),
+                        weight.clone(),
+                        grad.clone(),
+                        options.clone(),
+                    );
+                    grads.register::<B>(node.id, gx);
+                }
+                if let Some(node) = node_weight {
+                    let gw = B::fast_conv2d_weight_grad(x, weight, grad, options);
+                    grads.register::<B>(node.id, gw);
+                }
+            }
+        }
+
+        match FastConv2dBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                prep.finish(
+                    (x_state, weight_state, options.clone()),
+                    B::fast_conv2d(x.into_primitive(), weight.into_primitive(), options),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fast_conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                options,
+            )),
+        }
+    }
+
+    fn fast_conv2d_x_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, output_grad, options)
+    }
+
+    fn fast_conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_weight_backward(x, weight, output_grad, options)
+    }
+}
+
+/// Whether `device` runs on burn's flex backend (directly or under autodiff).
+pub fn is_flex(device: &burn::tensor::Device) -> bool {
+    match device.as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Autodiff(inner) => {
+            matches!(inner.clone().inner(), DispatchDevice::Flex(_))
+        }
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// A convolution without bias: through [`FastConvBackend`] on flex for f32 tensors and one
+/// group, otherwise burn's `conv2d`. Same values either way; only the weight gradient's kernel
+/// differs.
+pub fn conv2d_no_bias(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
+    let fast = options.groups == 1
+        && options.dilation == [1, 1]
+        && !options.is_asymmetric()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && is_flex(&x.device());
+    if fast {
+        let out = <Dispatch as FastConvBackend>::fast_conv2d(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            options,
+        );
+        Tensor::from_dispatch(out)
+    } else {
+        burn::tensor::module::conv2d(x, weight, None, options)
+    }
+}
+
+/// The shape of one convolution, as [`conv2d_weight_grad`] needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input channels.
+    pub channels_in: usize,
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Output channels.
+    pub channels_out: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Output height and width.
+    pub out: [usize; 2],
+    /// Stride (rows, columns).
+    pub stride: [usize; 2],
+    /// Zero padding before the first row and column (the same after).
+    pub padding: [usize; 2],
+}
+
+/// The weight gradient of a convolution without groups or dilation, `[O, C, kh, kw]` row-major,
+/// from the input `x` (`[B, C, H, W]`) and the output gradient (`[B, O, Ho, Wo]`), both
+/// contiguous row-major f32.
+///
+/// # Panics
+/// If the slices' lengths do not match `geometry`.
+pub fn conv2d_weight_grad(x: &[f32], output_grad: &[f32], geometry: &ConvGeometry) -> Vec<f32> {
+    let g = geometry;
+    let plane_in = g.height * g.width;
+    let plane_out = g.out[0] * g.out[1];
+    let cols = g.channels_in * g.kernel[0] * g.kernel[1];
+    assert_eq!(x.len(), g.batch * g.channels_in * plane_in, "input length");
+    assert_eq!(
+        output_grad.len(),
+        g.batch * g.channels_out * plane_out,
+        "output gradient length"
+    );
+    let size = g.channels_out * cols;
+    if g.batch == 0 || plane_out == 0 {
+        return vec![0.0; size];
+    }
+    let parts = rayon::current_num_threads().clamp(1, g.batch);
+    let per_part = g.batch.div_ceil(parts);
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let mut acc = vec![0.0f32; size];
+            let mut col = vec![0.0f32; cols * plane_out];
+            let start = part * per_part;
+            let end = ((part + 1) * per_part).min(g.batch);
+            for (n, b) in (start..end).enumerate() {
+                let xb = &x[b * g.channels_in * plane_in..(b + 1) * g.channels_in * plane_in];
+                im2col(xb, g, &mut col);
+                let gb = &output_grad
+                    [b * g.channels_out * plane_out..(b + 1) * g.channels_out * plane_out];
+                // acc[O, cols] (+)= gb[O, plane_out] · colᵀ[plane_out, cols]
+                #[allow(unsafe_code)]
+                // SAFETY: every pointer spans the buffer its strides describe: acc is
+                // channels_out x cols (row stride cols), gb channels_out x plane_out (row stride
+                // plane_out), and col is read transposed as plane_out x cols (column stride
+                // plane_out); the buffers do not overlap.
+                unsafe {
+                    gemm::gemm(
+                        g.channels_out,
+                        cols,
+                        plane_out,
+                        acc.as_mut_ptr(),
+                        1,
+                        cols as isize,
+                        n > 0,
+                        gb.as_ptr(),
+                        1,
+                        plane_out as isize,
+                        col.as_ptr(),
+                        plane_out as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0.0f32; size];
+    for partial in &partials {
+        for (o, p) in out.iter_mut().zip(partial) {
+            *o += p;
+        }
+    }
+    out
+}
+
+/// One image's columns: row `(c, i, j)` holds, for every output position, the input value the
+/// kernel tap `(i, j)` of channel `c` reads there (zero in the padding).
+fn im2col(xb: &[f32], g: &ConvGeometry, col: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let [ho, wo] = g.out;
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    let plane_out = ho * wo;
+    for c in 0..g.channels_in {
+        let plane = &xb[c * g.height * g.width..(c + 1) * g.height * g.width];
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = &mut col[((c * kh + i) * kw + j) * plane_out..][..plane_out];
+                let (ox_lo, ox_hi) = valid_columns(g.width, wo, sw, pw, j);
+                for oy in 0..ho {
+                    let dst = &mut row[oy * wo..(oy + 1) * wo];
+                    let iy = (oy * sh + i) as isize - ph as isize;
+                    if iy < 0 || iy >= g.height as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.width..(iy as usize + 1) * g.width];
+                    dst[..ox_lo].fill(0.0);
+                    dst[ox_hi..].fill(0.0);
+                    if ox_lo == ox_hi {
+                        continue;
+                    }
+                    let first = ox_lo * sw + j - pw;
+                    if sw == 1 {
+                        dst[ox_lo..ox_hi].copy_from_slice(&src[first..first + (ox_hi - ox_lo)]);
+                    } else {
+                        for (k, d) in dst[ox_lo..ox_hi].iter_mut().enumerate() {
+                            *d = src[first + k * sw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits the images of a batch over the rayon threads: `Some(threads)` when each image's GEMM
+/// should itself use the threads (fewer images than threads), else `None`.
+fn gemm_parallelism(batch: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if batch < threads {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// The convolution's output, `[B, O, Ho, Wo]` row-major, from the input (`[B, C, H, W]`) and the
+/// weight (`[O, C, kh, kw]`), both contiguous row-major f32: per image, `Y_b = W · col(x_b)`.
+///
+/// # Panics
+/// If the slices' lengths do not match `geometry`.
+pub fn conv2d_forward(x: &[f32], weight: &[f32], geometry: &ConvGeometry) -> Vec<f32> {
+    let g = geometry;
+    let plane_in = g.height * g.width;
+    let plane_out = g.out[0] * g.out[1];
+    let cols = g.channels_in * g.kernel[0] * g.kernel[1];
+    assert_eq!(x.len(), g.batch * g.channels_in * plane_in, "input length");
+    assert_eq!(weight.len(), g.channels_out * cols, "weight length");
+    let per_image = g.channels_out * plane_out;
+    let mut y = vec![0.0f32; g.batch * per_image];
+    if per_image == 0 || cols == 0 {
+        return y;
+    }
+    let parallelism = gemm_parallelism(g.batch);
+    let direct = g.kernel == [1, 1] && g.stride == [1, 1] && g.padding == [0, 0];
+    y.par_chunks_mut(per_image).enumerate().for_each_init(
+        || vec![0.0f32; if direct { 0 } else { cols * plane_out }],
+        |col, (b, yb)| {
+            let xb = &x[b * g.channels_in * plane_in..(b + 1) * g.channels_in * plane_in];
+            let columns: &[f32] = if direct {
+                xb
+            } else {
+                im2col(xb, g, col);
+                col
+            };
+            // yb[O, plane_out] = weight[O, cols] · columns[cols, plane_out]
+            #[allow(unsafe_code)]
+            // SAFETY: yb is channels_out x plane_out (row stride plane_out), weight
+            // channels_out x cols (row stride cols), columns cols x plane_out (row stride
+            // plane_out); lengths checked above; no overlap.
+            unsafe {
+                gemm::gemm(
+                    g.channels_out,
+                    plane_out,
+                    cols,
+                    yb.as_mut_ptr(),
+                    1,
+                    plane_out as isize,
+                    false,
+                    weight.as_ptr(),
+                    1,
+                    cols as isize,
+                    columns.as_ptr(),
+                    1,
+                    plane_out as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        },
+    );
+    y
+}
+
+/// The input gradient, `[B, C, H, W]` row-major, from the weight (`[O, C, kh, kw]`) and the
+/// output gradient (`[B, O, Ho, Wo]`): per image, `dcol = Wᵀ · dY_b`, scattered back by
+/// [`col2im`].
+///
+/// # Panics
+/// If the slices' lengths do not match `geometry`.
+pub fn conv2d_input_grad(weight: &[f32], output_grad: &[f32], geometry: &ConvGeometry) -> Vec<f32> {
+    let g = geometry;
+    let plane_in = g.height * g.width;
+    let plane_out = g.out[0] * g.out[1];
+    let cols = g.channels_in * g.kernel[0] * g.kernel[1];
+    assert_eq!(weight.len(), g.channels_out * cols, "weight length");
+    assert_eq!(
+        output_grad.len(),
+        g.batch * g.channels_out * plane_out,
+        "output gradient length"
+    );
+    let per_image = g.channels_in * plane_in;
+    let mut dx = vec![0.0f32; g.batch * per_image];
+    if per_image == 0 || plane_out == 0 || cols == 0 {
+        return dx;
+    }
+    let parallelism = gemm_parallelism(g.batch);
+    let direct = g.kernel == [1, 1] && g.stride == [1, 1] && g.padding == [0, 0];
+    dx.par_chunks_mut(per_image).enumerate().for_each_init(
+        || vec![0.0f32; if direct { 0 } else { cols * plane_out }],
+        |col, (b, dxb)| {
+            let gb =
+                &output_grad[b * g.channels_out * plane_out..(b + 1) * g.channels_out * plane_out];
+            let target: &mut [f32] = if direct { dxb } else { col };
+            // target[cols, plane_out] = weightᵀ[cols, O] · gb[O, plane_out]
+            #[allow(unsafe_code)]
+            // SAFETY: target is cols x plane_out (row stride plane_out; for the direct 1x1
+            // case it is dxb, channels_in x plane_in with the same sizes), weight is read
+            // transposed (column stride cols), gb is channels_out x plane_out; no overlap.
+            unsafe {
+                gemm::gemm(
+                    cols,
+                    plane_out,
+                    g.channels_out,
+                    target.as_mut_ptr(),
+                    1,
+                    plane_out as isize,
+                    false,
+                    weight.as_ptr(),
+                    cols as isize,
+                    1,
+                    gb.as_ptr(),
+                    1,
+                    plane_out as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+            if !direct {
+                col2im(col, g, dxb);
+            }
+        },
+    );
+    dx
+}
+
+/// Adds one image's column gradients back onto its input gradient: the transpose of
+/// [`im2col`] (each input pixel receives the sum over the taps that read it).
+fn col2im(col: &[f32], g: &ConvGeometry, dxb: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let [ho, wo] = g.out;
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    let plane_out = ho * wo;
+    for c in 0..g.channels_in {
+        let plane = &mut dxb[c * g.height * g.width..(c + 1) * g.height * g.width];
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = &col[((c * kh + i) * kw + j) * plane_out..][..plane_out];
+                let (ox_lo, ox_hi) = valid_columns(g.width, wo, sw, pw, j);
+                if ox_lo == ox_hi {
+                    continue;
+                }
+                let first = ox_lo * sw + j - pw;
+                for oy in 0..ho {
+                    let iy = (oy * sh + i) as isize - ph as isize;
+                    if iy < 0 || iy >= g.height as isize {
+                        continue;
+                    }
+                    let src = &row[oy * wo + ox_lo..oy * wo + ox_hi];
+                    let dst = &mut plane[iy as usize * g.width..(iy as usize + 1) * g.width];
+                    if sw == 1 {
+                        for (d, v) in dst[first..first + src.len()].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (k, v) in src.iter().enumerate() {
+                            dst[first + k * sw] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output columns `ox_lo..ox_hi` whose input column `ox * stride + j - padding` lies inside
+/// an image `width` wide.
+fn valid_columns(
+    width: usize,
+    wo: usize,
+    stride: usize,
+    padding: usize,
+    j: usize,
+) -> (usize, usize) {
+    let lo = padding.saturating_sub(j).div_ceil(stride).min(wo);
+    let hi = if width + padding > j {
+        ((width + padding - j - 1) / stride + 1).min(wo)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
