@@ -282,7 +282,7 @@ impl SwavConfig {
             hidden_mlp: 256,
             feat_dim: 32,
             nmb_prototypes: vec![256],
-            epochs: 8,
+            epochs: 20,
             batch_size: 64,
             world_size: 1,
             optimizer: OptimizerKind::Sgd,

@@ -258,11 +258,25 @@ pub fn is_flex(device: &burn::tensor::Device) -> bool {
     }
 }
 
+std::thread_local! {
+    static BURN_KERNELS_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's convolutions and BatchNorms on burn's own kernels (those here
+/// bypassed), for comparisons and benchmarks of the two paths. Other threads are unaffected.
+pub fn with_burn_kernels<T>(f: impl FnOnce() -> T) -> T {
+    let before = BURN_KERNELS_ONLY.with(|c| c.replace(true));
+    let out = f();
+    BURN_KERNELS_ONLY.with(|c| c.set(before));
+    out
+}
+
 /// A convolution without bias: through [`FastConvBackend`] on flex for f32 tensors and one
 /// group, otherwise burn's `conv2d`. Same values either way; only the weight gradient's kernel
 /// differs.
 pub fn conv2d_no_bias(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
-    let fast = options.groups == 1
+    let fast = !BURN_KERNELS_ONLY.with(|c| c.get())
+        && options.groups == 1
         && options.dilation == [1, 1]
         && !options.is_asymmetric()
         && x.dtype() == DType::F32
@@ -616,4 +630,348 @@ fn valid_columns(
         0
     };
     (lo, hi.max(lo))
+}
+
+/// BatchNorm in training mode (batch statistics) on flex as two fused passes per direction,
+/// in place of burn's default, which transposes every activation to `[C, B·H·W]` and back and
+/// runs one element-wise pass per operation. Returns the output, the batch mean and the biased
+/// batch variance (what burn's `batch_norm_train` returns).
+#[backend_extension(Flex, Autodiff)]
+pub trait FastBatchNormBackend: Backend {
+    /// Normalise `x` (`[B, C, H, W]`) with its batch statistics, then scale and shift.
+    fn fast_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients of `fast_batch_norm_train` for `x`, `gamma` and `beta`.
+    fn fast_batch_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+fn flex_f32(t: &burn::backend::flex::FlexTensor) -> Option<Vec<f32>> {
+    let t = t.to_contiguous();
+    t.as_slice::<f32>().map(|s| s.to_vec())
+}
+
+impl FastBatchNormBackend for Flex {
+    fn fast_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = x.layout().shape().clone();
+        let x = x.to_contiguous();
+        let (Some(xv), Some(g), Some(b)) = (x.as_slice::<f32>(), flex_f32(&gamma), flex_f32(&beta))
+        else {
+            let r = Self::batch_norm_train(x, gamma, beta, epsilon);
+            return (r.output, r.mean, r.variance);
+        };
+        let channels = shape[1];
+        let plane = shape.num_elements() / (shape[0] * channels).max(1);
+        let (out, mean, var) = batch_norm_train_f32(xv, &g, &b, channels, plane, epsilon);
+        let flex = |v: Vec<f32>, s: Vec<usize>| {
+            burn::backend::flex::FlexTensor::from_data(TensorData::new(v, s))
+        };
+        (
+            flex(out, shape.to_vec()),
+            flex(mean, vec![channels]),
+            flex(var, vec![channels]),
+        )
+    }
+
+    fn fast_batch_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = x.layout().shape().clone();
+        let x = x.to_contiguous();
+        let dy = output_grad.to_contiguous();
+        let vectors = (flex_f32(&gamma), flex_f32(&mean), flex_f32(&variance));
+        let (Some(xv), Some(dyv), (Some(g), Some(m), Some(v))) =
+            (x.as_slice::<f32>(), dy.as_slice::<f32>(), vectors)
+        else {
+            let r = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, dy);
+            return (r.x_grad, r.gamma_grad, r.beta_grad);
+        };
+        let channels = shape[1];
+        let plane = shape.num_elements() / (shape[0] * channels).max(1);
+        let (dx, dg, db) = batch_norm_backward_f32(xv, dyv, &g, &m, &v, channels, plane, epsilon);
+        let flex = |v: Vec<f32>, s: Vec<usize>| {
+            burn::backend::flex::FlexTensor::from_data(TensorData::new(v, s))
+        };
+        (
+            flex(dx, shape.to_vec()),
+            flex(dg, vec![channels]),
+            flex(db, vec![channels]),
+        )
+    }
+}
+
+impl<B: Backend + FastBatchNormBackend, C: CheckpointStrategy> FastBatchNormBackend
+    for Autodiff<B, C>
+{
+    fn fast_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        #[derive(Debug)]
+        struct FastBatchNormBackward;
+
+        impl<B: Backend + FastBatchNormBackend> Backward<B, 3> for FastBatchNormBackward {
+            type State = (
+                NodeId,
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+                f64,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, gamma, mean, variance, epsilon) = ops.state;
+                let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+                let (dx, dgamma, dbeta) =
+                    B::fast_batch_norm_backward(x, gamma, mean, variance, epsilon, grad);
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, dx);
+                }
+                if let Some(node) = node_gamma {
+                    grads.register::<B>(node.id, dgamma);
+                }
+                if let Some(node) = node_beta {
+                    grads.register::<B>(node.id, dbeta);
+                }
+            }
+        }
+
+        let gamma_value = gamma.primitive().clone();
+        match FastBatchNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let (out, mean, variance) = B::fast_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let out = prep.finish(
+                    (
+                        x_state,
+                        gamma_value,
+                        mean.clone(),
+                        variance.clone(),
+                        epsilon,
+                    ),
+                    out,
+                );
+                (
+                    out,
+                    FloatTensor::<Self>::new(mean),
+                    FloatTensor::<Self>::new(variance),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, mean, variance) = B::fast_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                (
+                    prep.finish(out),
+                    FloatTensor::<Self>::new(mean),
+                    FloatTensor::<Self>::new(variance),
+                )
+            }
+        }
+    }
+
+    fn fast_batch_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let r = Self::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
+        (r.x_grad, r.gamma_grad, r.beta_grad)
+    }
+}
+
+/// Per-channel sums over every plane of channel `c` (f64 accumulation).
+fn channel_sum(
+    data: &[f32],
+    channels: usize,
+    plane: usize,
+    c: usize,
+    f: impl Fn(usize, f32) -> f64,
+) -> f64 {
+    let mut total = 0.0f64;
+    let mut base = c * plane;
+    while base < data.len() {
+        let mut part = 0.0f64;
+        for (k, v) in data[base..base + plane].iter().enumerate() {
+            part += f(base + k, *v);
+        }
+        total += part;
+        base += channels * plane;
+    }
+    total
+}
+
+/// Training-mode BatchNorm over contiguous NCHW f32: (output, mean, biased variance).
+fn batch_norm_train_f32(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    channels: usize,
+    plane: usize,
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let count = (x.len() / channels.max(1)).max(1) as f64;
+    let stats: Vec<(f64, f64)> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let mean = channel_sum(x, channels, plane, c, |_, v| v as f64) / count;
+            let var = channel_sum(x, channels, plane, c, |_, v| {
+                let d = v as f64 - mean;
+                d * d
+            }) / count;
+            (mean, var)
+        })
+        .collect();
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(plane.max(1))
+        .zip(x.par_chunks(plane.max(1)))
+        .enumerate()
+        .for_each(|(p, (o, xp))| {
+            let c = p % channels;
+            let (mean, var) = stats[c];
+            // (x − mean)·scale + beta, not x·scale + shift: no cancellation where the mean is
+            // large against the spread.
+            let scale = (gamma[c] as f64 / (var + epsilon).sqrt()) as f32;
+            let (mean, shift) = (mean as f32, beta[c]);
+            for (o, v) in o.iter_mut().zip(xp) {
+                *o = (v - mean) * scale + shift;
+            }
+        });
+    let mean = stats.iter().map(|s| s.0 as f32).collect();
+    let var = stats.iter().map(|s| s.1 as f32).collect();
+    (out, mean, var)
+}
+
+/// Gradients of training-mode BatchNorm: (dx, dgamma, dbeta).
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_backward_f32(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    variance: &[f32],
+    channels: usize,
+    plane: usize,
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let count = (x.len() / channels.max(1)).max(1) as f64;
+    let sums: Vec<(f64, f64)> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let m = mean[c] as f64;
+            let sum_dy = channel_sum(dy, channels, plane, c, |_, g| g as f64);
+            let sum_dy_xc =
+                channel_sum(dy, channels, plane, c, |i, g| g as f64 * (x[i] as f64 - m));
+            (sum_dy, sum_dy_xc)
+        })
+        .collect();
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(p, d)| {
+            let c = p % channels;
+            let (sum_dy, sum_dy_xc) = sums[c];
+            let inv_std = 1.0 / (variance[c] as f64 + epsilon).sqrt();
+            let m = mean[c] as f64;
+            // dx = gamma·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂)), x̂ = (x − m)·inv_std
+            let a = gamma[c] as f64 * inv_std;
+            let mean_dy = sum_dy / count;
+            let k = sum_dy_xc / count * inv_std * inv_std;
+            let base = p * plane;
+            for (j, o) in d.iter_mut().enumerate() {
+                let xc = x[base + j] as f64 - m;
+                *o = (a * (dy[base + j] as f64 - mean_dy - xc * k)) as f32;
+            }
+        });
+    let dgamma = (0..channels)
+        .map(|c| {
+            let inv_std = 1.0 / (variance[c] as f64 + epsilon).sqrt();
+            (sums[c].1 * inv_std) as f32
+        })
+        .collect();
+    let dbeta = sums.iter().map(|s| s.0 as f32).collect();
+    (dx, dgamma, dbeta)
+}
+
+/// BatchNorm's forward as burn's `BatchNorm::forward`, with the training-mode statistics,
+/// normalisation and backward through [`FastBatchNormBackend`] on flex (f32, 4-D); the running
+/// statistics are updated exactly as burn does. Anything else is burn's own forward.
+pub fn batch_norm(bn: &burn::nn::BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let fast = !BURN_KERNELS_ONLY.with(|c| c.get())
+        && device.is_autodiff()
+        && bn.training.is_enabled()
+        && x.dtype() == DType::F32
+        && bn.gamma.val().dtype() == DType::F32
+        && is_flex(&device);
+    if !fast {
+        return bn.forward(x);
+    }
+    let (out, mean, variance) = <Dispatch as FastBatchNormBackend>::fast_batch_norm_train(
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        bn.epsilon,
+    );
+    let (out, mean, variance) = (
+        Tensor::<4>::from_dispatch(out),
+        Tensor::<1>::from_dispatch(mean),
+        Tensor::<1>::from_dispatch(variance),
+    );
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    let running_mean = running_mean
+        .mul_scalar(1.0 - bn.momentum)
+        .add(mean.detach().mul_scalar(bn.momentum));
+    let running_var = running_var
+        .mul_scalar(1.0 - bn.momentum)
+        .add(variance.detach().mul_scalar(bn.momentum));
+    bn.running_mean.update(running_mean.detach());
+    bn.running_var.update(running_var.detach());
+    out
 }

@@ -273,13 +273,16 @@ impl ResBlock {
     /// The block's output for `x`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(conv_forward(&d.conv, x.clone())),
+            Some(d) => crate::flexconv::batch_norm(&d.bn, conv_forward(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let mut y = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
-        y = self.bn2.forward(conv_forward(&self.conv2, y));
+        let mut y = relu(crate::flexconv::batch_norm(
+            &self.bn1,
+            conv_forward(&self.conv1, x),
+        ));
+        y = crate::flexconv::batch_norm(&self.bn2, conv_forward(&self.conv2, y));
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = b3.forward(conv_forward(c3, relu(y)));
+            y = crate::flexconv::batch_norm(b3, conv_forward(c3, relu(y)));
         }
         relu(y.add(identity))
     }
@@ -314,7 +317,10 @@ impl Backbone for ResNet {
     }
 
     fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(conv_forward(&self.conv1, images)));
+        let mut x = relu(crate::flexconv::batch_norm(
+            &self.bn1,
+            conv_forward(&self.conv1, images),
+        ));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }
