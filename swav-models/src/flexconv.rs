@@ -81,9 +81,8 @@ impl FastConvBackend for Flex {
         let (Some(xv), Some(wv)) = (x.as_slice::<f32>(), weight.as_slice::<f32>()) else {
             return Self::conv2d(x, weight, None, options);
         };
-        let y = conv2d_forward(xv, wv, &geometry);
-        let shape = [xs[0], ws[0], out[0], out[1]];
-        burn::backend::flex::FlexTensor::from_data(TensorData::new(y, shape))
+        let shape = vec![xs[0], ws[0], out[0], out[1]];
+        flex_tensor(conv2d_forward(xv, wv, &geometry), shape)
     }
 
     fn fast_conv2d_x_grad(
@@ -92,11 +91,7 @@ impl FastConvBackend for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let xs = x.layout().shape().clone();
-        let ws = weight.layout().shape().clone();
-        let gs = output_grad.layout().shape().clone();
-        let tensors = [&x, &weight, &output_grad];
-        let Some(geometry) = geometry(&tensors, &xs, &ws, [gs[2], gs[3]], &options) else {
+        let Some(geometry) = backward_geometry(&x, &weight, &output_grad, &options) else {
             return Self::conv2d_x_backward(x, weight, output_grad, options);
         };
         let weight = weight.to_contiguous();
@@ -104,8 +99,8 @@ impl FastConvBackend for Flex {
         let (Some(wv), Some(gv)) = (weight.as_slice::<f32>(), g.as_slice::<f32>()) else {
             return Self::conv2d_x_backward(x, weight, g, options);
         };
-        let grad = conv2d_input_grad(wv, gv, &geometry);
-        burn::backend::flex::FlexTensor::from_data(TensorData::new(grad, xs))
+        let shape = x.layout().shape().to_vec();
+        flex_tensor(conv2d_input_grad(wv, gv, &geometry), shape)
     }
 
     fn fast_conv2d_weight_grad(
@@ -114,11 +109,7 @@ impl FastConvBackend for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let xs = x.layout().shape().clone();
-        let ws = weight.layout().shape().clone();
-        let gs = output_grad.layout().shape().clone();
-        let tensors = [&x, &weight, &output_grad];
-        let Some(geometry) = geometry(&tensors, &xs, &ws, [gs[2], gs[3]], &options) else {
+        let Some(geometry) = backward_geometry(&x, &weight, &output_grad, &options) else {
             return Self::conv2d_weight_backward(x, weight, output_grad, options);
         };
         let x = x.to_contiguous();
@@ -126,9 +117,30 @@ impl FastConvBackend for Flex {
         let (Some(xv), Some(gv)) = (x.as_slice::<f32>(), g.as_slice::<f32>()) else {
             return Self::conv2d_weight_backward(x, weight, g, options);
         };
-        let grad = conv2d_weight_grad(xv, gv, &geometry);
-        burn::backend::flex::FlexTensor::from_data(TensorData::new(grad, ws))
+        let shape = weight.layout().shape().to_vec();
+        flex_tensor(conv2d_weight_grad(xv, gv, &geometry), shape)
     }
+}
+
+/// An f32 flex tensor of the given shape.
+fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> burn::backend::flex::FlexTensor {
+    burn::backend::flex::FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// The geometry of a convolution's backward, from its input, weight and output gradient.
+fn backward_geometry(
+    x: &burn::backend::flex::FlexTensor,
+    weight: &burn::backend::flex::FlexTensor,
+    output_grad: &burn::backend::flex::FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<ConvGeometry> {
+    let gs = output_grad.layout().shape();
+    if gs.num_dims() != 4 {
+        return None;
+    }
+    let tensors = [x, weight, output_grad];
+    let (xs, ws) = (x.layout().shape(), weight.layout().shape());
+    geometry(&tensors, xs, ws, [gs[2], gs[3]], options)
 }
 
 fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
@@ -679,13 +691,10 @@ impl FastBatchNormBackend for Flex {
         let channels = shape[1];
         let plane = shape.num_elements() / (shape[0] * channels).max(1);
         let (out, mean, var) = batch_norm_train_f32(xv, &g, &b, channels, plane, epsilon);
-        let flex = |v: Vec<f32>, s: Vec<usize>| {
-            burn::backend::flex::FlexTensor::from_data(TensorData::new(v, s))
-        };
         (
-            flex(out, shape.to_vec()),
-            flex(mean, vec![channels]),
-            flex(var, vec![channels]),
+            flex_tensor(out, shape.to_vec()),
+            flex_tensor(mean, vec![channels]),
+            flex_tensor(var, vec![channels]),
         )
     }
 
@@ -710,13 +719,10 @@ impl FastBatchNormBackend for Flex {
         let channels = shape[1];
         let plane = shape.num_elements() / (shape[0] * channels).max(1);
         let (dx, dg, db) = batch_norm_backward_f32(xv, dyv, &g, &m, &v, channels, plane, epsilon);
-        let flex = |v: Vec<f32>, s: Vec<usize>| {
-            burn::backend::flex::FlexTensor::from_data(TensorData::new(v, s))
-        };
         (
-            flex(dx, shape.to_vec()),
-            flex(dg, vec![channels]),
-            flex(db, vec![channels]),
+            flex_tensor(dx, shape.to_vec()),
+            flex_tensor(dg, vec![channels]),
+            flex_tensor(db, vec![channels]),
         )
     }
 }
