@@ -18,8 +18,13 @@
 //!
 //! It enters burn through a backend extension ([`FastConvBackend`]) with its own backward for
 //! `Autodiff<Flex>`. It serves f32 convolutions without bias, groups or dilation and with
-//! symmetric padding on flex; any other case, and every other backend, goes through burn's
-//! `conv2d` unchanged ([`conv2d_no_bias`] decides).
+//! symmetric padding on flex; any other case falls back to burn's own kernels inside the flex
+//! implementation, and every other backend uses burn's `conv2d` ([`conv2d_no_bias`]).
+//!
+//! Training-mode BatchNorm ([`batch_norm`], [`FastBatchNormBackend`]) goes the same way: on flex,
+//! per-channel statistics in f64 and one fused normalising pass (backward: two per-channel sums
+//! and one pass) instead of burn's default, which transposes every activation to `[C, B·H·W]`
+//! and back; the running statistics are updated exactly as burn's `BatchNorm` does.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -283,18 +288,11 @@ pub fn with_burn_kernels<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// A convolution without bias: through [`FastConvBackend`] on flex for f32 tensors and one
-/// group, otherwise burn's `conv2d`. Same values either way; only the weight gradient's kernel
-/// differs.
+/// A convolution without bias: through [`FastConvBackend`] on flex (whose kernels take the
+/// cases they serve and hand the rest to burn's), burn's `conv2d` on every other backend. The
+/// same values either way, to rounding.
 pub fn conv2d_no_bias(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
-    let fast = !BURN_KERNELS_ONLY.with(|c| c.get())
-        && options.groups == 1
-        && options.dilation == [1, 1]
-        && !options.is_asymmetric()
-        && x.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && is_flex(&x.device());
-    if fast {
+    if !BURN_KERNELS_ONLY.with(|c| c.get()) && is_flex(&x.device()) {
         let out = <Dispatch as FastConvBackend>::fast_conv2d(
             x.into_dispatch(),
             weight.into_dispatch(),
