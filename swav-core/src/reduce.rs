@@ -148,6 +148,18 @@ impl LocalWorker {
         }
     }
 
+    /// The element-wise sum of host values over the workers, combined in rank order in f64
+    /// (the same bits on every worker). Every worker calls it with vectors of the same length.
+    ///
+    /// # Panics
+    /// If the group was aborted, or the workers' vectors differ in length.
+    pub fn sum_values(&self, values: Vec<f64>) -> Vec<f64> {
+        if self.world_size == 1 {
+            return values;
+        }
+        self.combine(values, |a, b| a + b)
+    }
+
     fn reduce<const D: usize>(&self, tensor: Tensor<D>, combine: fn(f64, f64) -> f64) -> Tensor<D> {
         let device = tensor.device();
         let dtype = tensor.dtype();
@@ -157,6 +169,14 @@ impl LocalWorker {
             .convert::<f64>()
             .try_into_vec::<f64>()
             .expect("a float tensor converts to f64");
+        let combined = self.combine(mine, combine);
+        // Created directly in the input's float type: going through the device's default type
+        // (f32) would round an f64 reduction.
+        Tensor::<D>::from_data(TensorData::new(combined, shape), (&device, dtype))
+    }
+
+    /// Every worker's `mine`, combined in rank order.
+    fn combine(&self, mine: Vec<f64>, combine: fn(f64, f64) -> f64) -> Vec<f64> {
         self.shared.lock().slots[self.rank] = Some(mine);
         self.wait();
         let combined = {
@@ -180,9 +200,7 @@ impl LocalWorker {
         // The second wait keeps a fast worker from overwriting its slot for the next reduction
         // while a slow one is still reading this one.
         self.wait();
-        // Created directly in the input's float type: going through the device's default type
-        // (f32) would round an f64 reduction.
-        Tensor::<D>::from_data(TensorData::new(combined, shape), (&device, dtype))
+        combined
     }
 }
 

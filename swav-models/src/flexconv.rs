@@ -942,14 +942,20 @@ fn batch_norm_backward_f32(
     (dx, dgamma, dbeta)
 }
 
-/// BatchNorm's forward as burn's `BatchNorm::forward`, with the training-mode statistics,
-/// normalisation and backward through [`FastBatchNormBackend`] on flex (f32, 4-D); the running
+/// BatchNorm's forward as burn's `BatchNorm::forward`, for any input `[B, C, ...]`: in training
+/// mode synchronised over the data-parallel group installed by
+/// [`crate::syncbn::with_synchronised_batch_norm`] when there is one; otherwise, on flex (f32),
+/// the statistics, normalisation and backward through [`FastBatchNormBackend`]. The running
 /// statistics are updated exactly as burn does. Anything else is burn's own forward.
-pub fn batch_norm(bn: &burn::nn::BatchNorm, x: Tensor<4>) -> Tensor<4> {
+pub fn batch_norm<const D: usize>(bn: &burn::nn::BatchNorm, x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
+    let training = device.is_autodiff() && bn.training.is_enabled();
+    if training && let Some(group) = crate::syncbn::current_group() {
+        return crate::syncbn::synchronised_batch_norm(bn, x, &group);
+    }
     let fast = !BURN_KERNELS_ONLY.with(|c| c.get())
-        && device.is_autodiff()
-        && bn.training.is_enabled()
+        && training
+        && D >= 2
         && x.dtype() == DType::F32
         && bn.gamma.val().dtype() == DType::F32
         && is_flex(&device);
@@ -963,10 +969,17 @@ pub fn batch_norm(bn: &burn::nn::BatchNorm, x: Tensor<4>) -> Tensor<4> {
         bn.epsilon,
     );
     let (out, mean, variance) = (
-        Tensor::<4>::from_dispatch(out),
+        Tensor::<D>::from_dispatch(out),
         Tensor::<1>::from_dispatch(mean),
         Tensor::<1>::from_dispatch(variance),
     );
+    update_running_stats(bn, mean, variance);
+    out
+}
+
+/// burn's `BatchNorm` running-statistics update from a batch's mean and biased variance.
+pub(crate) fn update_running_stats(bn: &burn::nn::BatchNorm, mean: Tensor<1>, variance: Tensor<1>) {
+    let device = mean.device();
     let running_mean = bn.running_mean.value_sync().to_device(&device);
     let running_var = bn.running_var.value_sync().to_device(&device);
     let running_mean = running_mean
@@ -977,5 +990,4 @@ pub fn batch_norm(bn: &burn::nn::BatchNorm, x: Tensor<4>) -> Tensor<4> {
         .add(variance.detach().mul_scalar(bn.momentum));
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());
-    out
 }

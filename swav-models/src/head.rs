@@ -52,7 +52,7 @@ impl ProjectionHead {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let h = self.fc1.forward(x);
         match (&self.bn, &self.fc2) {
-            (Some(bn), Some(fc2)) => fc2.forward(relu(bn.forward(h))),
+            (Some(bn), Some(fc2)) => fc2.forward(relu(crate::flexconv::batch_norm(bn, h))),
             _ => h,
         }
     }

@@ -22,6 +22,7 @@ mod head;
 mod import;
 mod resnet;
 mod swav;
+pub mod syncbn;
 
 pub use backbone::Backbone;
 pub use checkpoint::{

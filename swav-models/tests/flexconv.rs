@@ -175,52 +175,59 @@ fn without_autodiff_the_output_is_burns() {
 /// statistics it leaves behind, and the gradients of input, weight and bias.
 #[test]
 fn batch_norm_matches_burns() {
+    for (b, c, h, w) in [(4, 3, 5, 7), (2, 8, 1, 1), (1, 5, 4, 4)] {
+        check_batch_norm([b, c, h, w]);
+    }
+    // BatchNorm1d, as in the projection head.
+    check_batch_norm([6, 16]);
+    check_batch_norm([2, 3]);
+}
+
+fn check_batch_norm<const D: usize>(shape: [usize; D]) {
     use burn::nn::BatchNormConfig;
     use swav_models::flexconv::{batch_norm, with_burn_kernels};
 
     let device = Device::flex().autodiff();
-    for (b, c, h, w) in [(4, 3, 5, 7), (2, 8, 1, 1), (1, 5, 4, 4)] {
-        let x0 = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.5, 2.0), &device);
-        let r = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
-        let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device);
-        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &device);
-        let run = || {
-            let mut bn = BatchNormConfig::new(c).init(&device);
-            bn.gamma = burn::module::Param::from_tensor(gamma.clone());
-            bn.beta = burn::module::Param::from_tensor(beta.clone());
-            let x = x0.clone().detach().require_grad();
-            let y = batch_norm(&bn, x.clone());
-            let grads = (y.clone() * r.clone()).sum().backward();
-            let out = vec![
-                values(y),
-                values(x.grad(&grads).expect("x gradient")),
-                values(bn.gamma.val().grad(&grads).expect("gamma gradient")),
-                values(bn.beta.val().grad(&grads).expect("beta gradient")),
-                values(bn.running_mean.value()),
-                values(bn.running_var.value()),
-            ];
-            out
-        };
-        let fast = run();
-        let reference = with_burn_kernels(run);
-        let names = [
-            "output",
-            "x grad",
-            "gamma grad",
-            "beta grad",
-            "running mean",
-            "running var",
+    let c = shape[1];
+    let x0 = Tensor::<D>::random(shape, Distribution::Normal(0.5, 2.0), &device);
+    let r = Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device);
+    let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &device);
+    let run = || {
+        let mut bn = BatchNormConfig::new(c).init(&device);
+        bn.gamma = burn::module::Param::from_tensor(gamma.clone());
+        bn.beta = burn::module::Param::from_tensor(beta.clone());
+        let x = x0.clone().detach().require_grad();
+        let y = batch_norm(&bn, x.clone());
+        let grads = (y.clone() * r.clone()).sum().backward();
+        let out = vec![
+            values(y),
+            values(x.grad(&grads).expect("x gradient")),
+            values(bn.gamma.val().grad(&grads).expect("gamma gradient")),
+            values(bn.beta.val().grad(&grads).expect("beta gradient")),
+            values(bn.running_mean.value()),
+            values(bn.running_var.value()),
         ];
-        for ((name, a), r) in names.iter().zip(&fast).zip(&reference) {
-            assert_eq!(a.len(), r.len(), "{name}");
-            let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            for (u, v) in a.iter().zip(r) {
-                assert!(
-                    (u - v).abs() <= 1e-5 * scale,
-                    "{:?} {name}: {u} vs {v}",
-                    (b, c, h, w)
-                );
-            }
+        out
+    };
+    let fast = run();
+    let reference = with_burn_kernels(run);
+    let names = [
+        "output",
+        "x grad",
+        "gamma grad",
+        "beta grad",
+        "running mean",
+        "running var",
+    ];
+    for ((name, a), r) in names.iter().zip(&fast).zip(&reference) {
+        assert_eq!(a.len(), r.len(), "{name}");
+        let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (u, v) in a.iter().zip(r) {
+            assert!(
+                (u - v).abs() <= 1e-5 * scale,
+                "{shape:?} {name}: {u} vs {v}"
+            );
         }
     }
 }

@@ -261,12 +261,13 @@ impl TrainConfig {
         if !(self.run.knn_temperature.is_finite() && self.run.knn_temperature > 0.0) {
             return bad("run.knn_temperature", "must be positive");
         }
-        if self.swav.world_size > 1 && self.swav.sync_bn {
+        let remote_worker = self.run.devices.iter().any(|d| d.starts_with("ws://"));
+        if self.swav.world_size > 1 && self.swav.sync_bn && remote_worker {
             return bad(
                 "swav.sync_bn",
-                "is not available: synchronised BatchNorm needs a collective inside the backward \
-                 pass, which burn 0.22 offers on no backend built here; the workers use per-worker \
-                 statistics (set sync_bn = false; see docs/design/data-parallel.md)",
+                "is not available with a worker on a remote device (ws://): synchronised \
+                 BatchNorm runs on flex and wgpu workers; set sync_bn = false for per-worker \
+                 statistics (see docs/design/data-parallel.md)",
             );
         }
         if self.swav.world_size > 1 && self.run.device == "cpu" && self.swav.world_size > 64 {

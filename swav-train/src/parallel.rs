@@ -21,8 +21,12 @@
 //! only the CUDA backend has a transport (NCCL); on the CPU (`flex`) backend the call is
 //! unimplemented and on wgpu it panics inside cubecl. See `docs/design/data-parallel.md`.
 //!
-//! BatchNorm: every replica normalises with the statistics of its own local batch (per-worker
-//! statistics, as PyTorch's DDP without SyncBatchNorm). Each replica has running statistics of
+//! BatchNorm: by default every replica normalises with the statistics of its own local batch
+//! (per-worker statistics, as PyTorch's DDP without SyncBatchNorm). With `swav.sync_bn` and
+//! several workers, every BatchNorm of the backbone and head uses the statistics of the global
+//! batch instead ([`swav_models::syncbn`]: the per-channel sums are reduced over the workers in
+//! the forward pass, and the gradients through them in the backward pass, through the same
+//! [`LocalWorker`]), as the original's `SyncBatchNorm`. Either way each replica has running statistics of
 //! its own for the step (burn's shared [`burn::module::RunningState`] would average the
 //! threads' updates in whatever order they arrive, and a multi-crop step updates each layer
 //! once per resolution); after the step they are averaged over the workers in rank order and
@@ -39,6 +43,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use swav_core::{EmbeddingQueue, LocalGroup, LocalWorker, SwavConfig, swapped_prediction_loss};
 use swav_data::CropGroupBatch;
+use swav_models::syncbn::{SharedStatsReduce, StatsReduce, with_synchronised_batch_norm};
 use swav_models::{Backbone, SwavModel};
 
 use crate::TrainError;
@@ -372,6 +377,20 @@ fn worker_loop<E: Backbone + Module + ModuleDisplay>(
     }
 }
 
+/// The worker's group as synchronised BatchNorm reduces through it.
+#[derive(Debug)]
+struct BatchNormGroup(LocalWorker);
+
+impl StatsReduce for BatchNormGroup {
+    fn world_size(&self) -> usize {
+        swav_core::AllReduce::world_size(&self.0)
+    }
+
+    fn sum(&self, values: Vec<f64>) -> Vec<f64> {
+        self.0.sum_values(values)
+    }
+}
+
 /// A worker's step that panicked.
 struct Failure {
     rank: usize,
@@ -397,15 +416,24 @@ fn worker_step<E: Backbone + Module + ModuleDisplay>(
         .map(|g| g.into_tensor(device))
         .collect();
     let mut queue = job.queue;
-    let (scores, lo) = forward_loss(&model, &groups, batch, swav, queue.as_mut(), reduce);
-    let loss = lo.loss.clone().into_scalar::<f32>() as f64;
-    let diagnostic = (!loss.is_finite()).then(|| diagnose(&scores, &lo, batch, swav));
-    let scaled = if world > 1 {
-        lo.loss.div_scalar(world as f64)
-    } else {
-        lo.loss
+    let mut forward_backward = || {
+        let (scores, lo) = forward_loss(&model, &groups, batch, swav, queue.as_mut(), reduce);
+        let loss = lo.loss.clone().into_scalar::<f32>() as f64;
+        let diagnostic = (!loss.is_finite()).then(|| diagnose(&scores, &lo, batch, swav));
+        let scaled = if world > 1 {
+            lo.loss.clone().div_scalar(world as f64)
+        } else {
+            lo.loss.clone()
+        };
+        let grads = GradientsParams::from_grads(scaled.backward(), &model);
+        (lo, loss, diagnostic, grads)
     };
-    let grads = GradientsParams::from_grads(scaled.backward(), &model);
+    let (lo, loss, diagnostic, grads) = if swav.sync_bn && world > 1 {
+        let group: SharedStatsReduce = std::sync::Arc::new(BatchNormGroup(reduce.clone()));
+        with_synchronised_batch_norm(group, forward_backward)
+    } else {
+        forward_backward()
+    };
     let codes = job
         .want_codes
         .then(|| {

@@ -795,6 +795,12 @@ where
         knn: None,
         batchnorm: if world == 1 {
             "batch statistics of the one worker's batch".to_string()
+        } else if s.sync_bn {
+            format!(
+                "synchronised: statistics of the global batch ({world} workers x {} images), \
+                 forward and backward",
+                s.batch_size
+            )
         } else {
             format!(
                 "per-worker batch statistics ({world} workers, {} images each; running statistics \

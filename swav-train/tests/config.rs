@@ -109,7 +109,7 @@ fn unknown_and_invalid_settings_are_refused_with_their_names() {
 }
 
 #[test]
-fn several_workers_are_accepted_and_synchronised_batchnorm_is_refused() {
+fn several_workers_are_accepted_with_or_without_synchronised_batchnorm() {
     let c = TrainConfig::from_toml("", &["swav.world_size=3".into()]).expect("parses");
     c.validate().expect("3 CPU workers");
     let devices = swav_train::devices_for(&c).expect("devices");
@@ -119,8 +119,21 @@ fn several_workers_are_accepted_and_synchronised_batchnorm_is_refused() {
         &["swav.world_size=2".into(), "swav.sync_bn=true".into()],
     )
     .expect("parses");
-    let e = c.validate().expect_err("sync_bn");
+    c.validate()
+        .expect("synchronised BatchNorm on 2 CPU workers");
+    // ... but not with a remote worker (the collective has no remote side).
+    let c = TrainConfig::from_toml(
+        "",
+        &[
+            "swav.world_size=2".into(),
+            "swav.sync_bn=true".into(),
+            "run.devices=[\"cpu\", \"ws://127.0.0.1:1\"]".into(),
+        ],
+    )
+    .expect("parses");
+    let e = c.validate().expect_err("sync_bn with a remote worker");
     assert!(e.to_string().contains("swav.sync_bn"), "{e}");
+    assert!(e.to_string().contains("ws://"), "{e}");
     let c = TrainConfig::from_toml("", &["swav.world_size=0".into()]).expect("parses");
     assert!(c.validate().is_err(), "no worker");
     // One device per worker, named; a remote server by its WebSocket address.

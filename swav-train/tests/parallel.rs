@@ -286,6 +286,130 @@ fn two_workers_with_batch_b_step_as_one_worker_with_batch_2b() {
     assert!(moved >= 5, "the step changed only {moved} tensors");
 }
 
+/// A narrow ResNet-18 (BatchNorm in every block) under a head with BatchNorm1d.
+fn resnet_model(cfg: &SwavConfig, device: &Device) -> SwavModel<ResNet> {
+    let spec = SwavModelSpec {
+        arch: "resnet18".into(),
+        base_width: 4,
+        cifar_stem: true,
+        hidden_mlp: cfg.hidden_mlp,
+        feat_dim: cfg.feat_dim,
+        prototypes: cfg.nmb_prototypes.clone(),
+    };
+    let m = seeded_init(device, 5, |d| spec.init(d)).expect("model");
+    normalize_heads(m)
+}
+
+/// With synchronised BatchNorm, BatchNorm is out of the picture too: 2 workers x B step as
+/// 1 worker x 2B with a ResNet and a BatchNorm head (loss, codes, every gradient, the running
+/// statistics, the weights after a step); with per-worker statistics they do not.
+#[test]
+fn synchronised_batchnorm_steps_two_workers_as_one_with_the_whole_batch() {
+    let cfg = SwavConfig {
+        hidden_mlp: 16,
+        sync_bn: true,
+        ..swav()
+    };
+    let cpu = Device::flex();
+    let m = resnet_model(&cfg, &cpu.clone().autodiff());
+    let b = 5;
+    let (halves, whole) = batches(&cfg, 2, b, 21);
+    let one = WorkerGroup::new(vec![cpu.clone()], &cfg, 2 * b);
+    let two = WorkerGroup::new(vec![cpu.clone(), cpu.clone()], &cfg, b);
+    let single = one
+        .step_all_codes(&m, vec![whole], &mut [None])
+        .expect("one worker");
+    let pair = two
+        .step_all_codes(&m, halves.clone(), &mut [None, None])
+        .expect("two workers");
+
+    let loss_diff = (single.loss - pair.loss).abs() / single.loss.abs();
+    assert!(
+        loss_diff <= 1e-5,
+        "loss {} (1 worker) vs {} (2 workers)",
+        single.loss,
+        pair.loss
+    );
+    let joined: Vec<f32> = pair.codes.iter().flat_map(|c| floats(c.clone())).collect();
+    let codes_diff = rel_diff(&floats(single.codes[0].clone()), &joined);
+    assert!(codes_diff < 1e-4, "codes differ by {codes_diff}");
+
+    let g1 = grads_of(&m, &single.grads);
+    let g2 = grads_of(&m, &pair.grads);
+    assert_eq!(g1.len(), g2.len());
+    assert!(
+        g1.len() > 60,
+        "every conv, BatchNorm, head and prototype tensor"
+    );
+    // Each tensor to 1e-4 of its own scale, except where that scale is rounding noise: the bias
+    // of the head's Linear before its BatchNorm has a gradient of exactly zero in exact
+    // arithmetic (the normalisation removes any shift), so it is held to the model's scale.
+    let largest = |g: &[(String, Vec<f32>)]| {
+        g.iter()
+            .flat_map(|(_, v)| v.iter())
+            .fold(0f32, |m, x| m.max(x.abs()))
+    };
+    let model_scale = largest(&g1) as f64;
+    for ((id, a), (_, b)) in g1.iter().zip(&g2) {
+        let own = a
+            .iter()
+            .chain(b)
+            .fold(0f64, |m, &x| m.max((x as f64).abs()));
+        let d = rel_diff(a, b) * own / own.max(1e-3 * model_scale);
+        assert!(d < 1e-4, "gradient of parameter {id} differs by {d}");
+    }
+    let head_bias = floats(
+        single
+            .grads
+            .get::<1>(m.head.fc1.bias.as_ref().expect("fc1 has a bias").id)
+            .expect("gradient"),
+    );
+    let bias_scale = head_bias.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    assert!(
+        bias_scale < 1e-5 * model_scale,
+        "{bias_scale} vs {model_scale}"
+    );
+
+    // The running statistics: the global batch's, the same on both workers.
+    assert!(single.running.len() > 40);
+    for (id, v1) in &single.running {
+        let v2 = &pair.running[id];
+        let d = rel_diff(&floats(v1.clone()), &floats(v2.clone()));
+        assert!(d < 1e-5, "running statistic {id} differs by {d}");
+    }
+
+    let after1 = sgd().step(m.clone(), &single.grads, 0.5, &|_| false);
+    let after2 = sgd().step(m.clone(), &pair.grads, 0.5, &|_| false);
+    // (Tensors initialised to zero, BatchNorm's beta, hold the step alone: the gradient's 1e-4.)
+    for ((name, a), (_, b)) in params_of(&after1).iter().zip(&params_of(&after2)) {
+        let d = rel_diff(a, b);
+        assert!(d < 1e-4, "{name} differs after the step by {d}");
+    }
+
+    // Per-worker statistics: each half normalised by itself is another computation.
+    let local = SwavConfig {
+        sync_bn: false,
+        ..cfg.clone()
+    };
+    let per_worker = WorkerGroup::new(vec![cpu.clone(), cpu.clone()], &local, b);
+    let unsynced = per_worker
+        .step_all_codes(&m, halves, &mut [None, None])
+        .expect("per-worker statistics");
+    let gap = (single.loss - unsynced.loss).abs() / single.loss.abs();
+    let first = |s: &swav_train::ParallelStep| {
+        floats(
+            s.grads
+                .get::<4>(m.backbone.conv1.weight.id)
+                .expect("stem gradient"),
+        )
+    };
+    let stem_gap = rel_diff(&first(&single), &first(&unsynced));
+    assert!(
+        gap > 1e-4 || stem_gap > 1e-3,
+        "per-worker statistics should change the step (loss {gap}, stem gradient {stem_gap})"
+    );
+}
+
 #[test]
 fn three_workers_step_as_one_worker_with_the_three_batches() {
     let cfg = SwavConfig {

@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Data-parallel workers, each with `--batch` images (the trainer's `swav.world_size`).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Synchronised BatchNorm over the workers (the trainer's `swav.sync_bn`).
+    #[arg(long)]
+    pub sync_bn: bool,
 }
 
 fn parse_crops(s: &str) -> Result<Vec<(usize, usize)>> {
@@ -89,7 +92,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         exclude_bn_bias: false,
     });
     // The peer's loss settings: crops 0 and 1 assigned, T 0.1, epsilon 0.05, 3 iterations.
-    let swav = SwavConfig::default();
+    let swav = SwavConfig {
+        sync_bn: args.sync_bn,
+        ..SwavConfig::default()
+    };
     // The trainer's path: one worker thread per device, each with its batch of `--batch`
     // images as the loader makes them (one group per resolution, crop-major).
     let group = WorkerGroup::new(devices, &swav, args.batch);
@@ -129,7 +135,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "impl": "swav-rs", "backend": if args.device == "cpu" { "burn flex (CPU)" } else { "burn wgpu" },
-            "threads": threads, "workers": args.workers,
+            "threads": threads, "workers": args.workers, "sync_bn": args.sync_bn,
             "arch": args.arch, "base_width": args.base_width, "cifar_stem": args.cifar_stem,
             "batch_per_worker": args.batch, "crops": args.crops, "device": args.device,
             "images_per_s": (images / timed * 10.0).round() / 10.0,
