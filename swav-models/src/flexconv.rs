@@ -327,6 +327,52 @@ pub struct ConvGeometry {
     pub padding: [usize; 2],
 }
 
+/// How many images share one weight-gradient GEMM: enough that its inner dimension (images x
+/// output positions) reaches [`GEMM_COLUMNS`], but no more than leaves every thread a group of
+/// its own. Late ResNet stages have few output positions per image (16 at 4x4): one GEMM per
+/// image would read and write the `O x C·kh·kw` accumulator once per image for a product of
+/// depth 16. (The forward and the input gradient stay one GEMM per image: grouping them,
+/// which needs the images gathered and scattered, measured slower at every size,
+/// `cargo run -p swav-models --example conv_parts`.)
+fn images_per_gemm(g: &ConvGeometry) -> usize {
+    let plane_out = (g.out[0] * g.out[1]).max(1);
+    let per_thread = g.batch.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    (GEMM_COLUMNS / plane_out).clamp(1, per_thread)
+}
+
+/// The depth a weight-gradient GEMM should have at least, where the batch allows (see
+/// [`images_per_gemm`]).
+const GEMM_COLUMNS: usize = 256;
+
+/// The column matrix of images `first..first + count`: `[C·kh·kw, count·Ho·Wo]`, image `k`'s
+/// output positions in columns `k·Ho·Wo..`.
+fn im2col_group(x: &[f32], g: &ConvGeometry, first: usize, count: usize, col: &mut [f32]) {
+    let plane_in = g.channels_in * g.height * g.width;
+    let plane_out = g.out[0] * g.out[1];
+    for k in 0..count {
+        let xb = &x[(first + k) * plane_in..(first + k + 1) * plane_in];
+        im2col(xb, g, col, count * plane_out, k * plane_out);
+    }
+}
+
+/// Images `first..first + count` of an `[B, O, Ho·Wo]` tensor as one `[O, count·Ho·Wo]` matrix.
+fn gather_group(
+    t: &[f32],
+    channels: usize,
+    plane: usize,
+    first: usize,
+    count: usize,
+    out: &mut [f32],
+) {
+    let width = count * plane;
+    for k in 0..count {
+        let image = &t[(first + k) * channels * plane..(first + k + 1) * channels * plane];
+        for (o, src) in image.chunks_exact(plane).enumerate() {
+            out[o * width + k * plane..o * width + (k + 1) * plane].copy_from_slice(src);
+        }
+    }
+}
+
 /// The weight gradient of a convolution without groups or dilation, `[O, C, kh, kw]` row-major,
 /// from the input `x` (`[B, C, H, W]`) and the output gradient (`[B, O, Ho, Wo]`), both
 /// contiguous row-major f32.
@@ -348,40 +394,59 @@ pub fn conv2d_weight_grad(x: &[f32], output_grad: &[f32], geometry: &ConvGeometr
     if g.batch == 0 || plane_out == 0 {
         return vec![0.0; size];
     }
-    let parts = rayon::current_num_threads().clamp(1, g.batch);
-    let per_part = g.batch.div_ceil(parts);
+    let group = images_per_gemm(g);
+    let groups = g.batch.div_ceil(group);
+    let parts = rayon::current_num_threads().clamp(1, groups);
+    let groups_per_part = groups.div_ceil(parts);
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
         .map(|part| {
             let mut acc = vec![0.0f32; size];
-            let mut col = vec![0.0f32; cols * plane_out];
-            let start = part * per_part;
-            let end = ((part + 1) * per_part).min(g.batch);
-            for (n, b) in (start..end).enumerate() {
-                let xb = &x[b * g.channels_in * plane_in..(b + 1) * g.channels_in * plane_in];
-                im2col(xb, g, &mut col);
-                let gb = &output_grad
-                    [b * g.channels_out * plane_out..(b + 1) * g.channels_out * plane_out];
-                // acc[O, cols] (+)= gb[O, plane_out] · colᵀ[plane_out, cols]
+            let width = group * plane_out;
+            let mut col = vec![0.0f32; cols * width];
+            let mut gathered = vec![0.0f32; if group > 1 { g.channels_out * width } else { 0 }];
+            let first_group = part * groups_per_part;
+            let last_group = ((part + 1) * groups_per_part).min(groups);
+            for (n, gi) in (first_group..last_group).enumerate() {
+                let first = gi * group;
+                let count = group.min(g.batch - first);
+                let width = count * plane_out;
+                let col = &mut col[..cols * width];
+                im2col_group(x, g, first, count, col);
+                let gb: &[f32] = if group > 1 {
+                    gather_group(
+                        output_grad,
+                        g.channels_out,
+                        plane_out,
+                        first,
+                        count,
+                        &mut gathered,
+                    );
+                    &gathered[..g.channels_out * width]
+                } else {
+                    let per_image = g.channels_out * plane_out;
+                    &output_grad[first * per_image..(first + 1) * per_image]
+                };
+                // acc[O, cols] (+)= gb[O, width] · colᵀ[width, cols]
                 #[allow(unsafe_code)]
                 // SAFETY: every pointer spans the buffer its strides describe: acc is
-                // channels_out x cols (row stride cols), gb channels_out x plane_out (row stride
-                // plane_out), and col is read transposed as plane_out x cols (column stride
-                // plane_out); the buffers do not overlap.
+                // channels_out x cols (row stride cols), gb channels_out x width (row stride
+                // width), and col is read transposed as width x cols (column stride width); the
+                // buffers do not overlap.
                 unsafe {
                     gemm::gemm(
                         g.channels_out,
                         cols,
-                        plane_out,
+                        width,
                         acc.as_mut_ptr(),
                         1,
                         cols as isize,
                         n > 0,
                         gb.as_ptr(),
                         1,
-                        plane_out as isize,
+                        width as isize,
                         col.as_ptr(),
-                        plane_out as isize,
+                        width as isize,
                         1,
                         1.0,
                         1.0,
@@ -404,9 +469,10 @@ pub fn conv2d_weight_grad(x: &[f32], output_grad: &[f32], geometry: &ConvGeometr
     out
 }
 
-/// One image's columns: row `(c, i, j)` holds, for every output position, the input value the
-/// kernel tap `(i, j)` of channel `c` reads there (zero in the padding).
-fn im2col(xb: &[f32], g: &ConvGeometry, col: &mut [f32]) {
+/// One image's columns, written into `col` with row stride `ld` from column `offset`: row
+/// `(c, i, j)` holds, for every output position, the input value the kernel tap `(i, j)` of
+/// channel `c` reads there (zero in the padding).
+fn im2col(xb: &[f32], g: &ConvGeometry, col: &mut [f32], ld: usize, offset: usize) {
     let [kh, kw] = g.kernel;
     let [ho, wo] = g.out;
     let [sh, sw] = g.stride;
@@ -416,7 +482,7 @@ fn im2col(xb: &[f32], g: &ConvGeometry, col: &mut [f32]) {
         let plane = &xb[c * g.height * g.width..(c + 1) * g.height * g.width];
         for i in 0..kh {
             for j in 0..kw {
-                let row = &mut col[((c * kh + i) * kw + j) * plane_out..][..plane_out];
+                let row = &mut col[((c * kh + i) * kw + j) * ld + offset..][..plane_out];
                 let (ox_lo, ox_hi) = valid_columns(g.width, wo, sw, pw, j);
                 for oy in 0..ho {
                     let dst = &mut row[oy * wo..(oy + 1) * wo];
@@ -482,7 +548,7 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], geometry: &ConvGeometry) -> Vec
             let columns: &[f32] = if direct {
                 xb
             } else {
-                im2col(xb, g, col);
+                im2col(xb, g, col, plane_out, 0);
                 col
             };
             // yb[O, plane_out] = weight[O, cols] · columns[cols, plane_out]
@@ -577,16 +643,17 @@ pub fn conv2d_input_grad(weight: &[f32], output_grad: &[f32], geometry: &ConvGeo
                 );
             }
             if !direct {
-                col2im(col, g, dxb);
+                col2im(col, g, dxb, plane_out, 0);
             }
         },
     );
     dx
 }
 
-/// Adds one image's column gradients back onto its input gradient: the transpose of
-/// [`im2col`] (each input pixel receives the sum over the taps that read it).
-fn col2im(col: &[f32], g: &ConvGeometry, dxb: &mut [f32]) {
+/// Adds one image's column gradients (in `col` with row stride `ld`, from column `offset`) back
+/// onto its input gradient: the transpose of [`im2col`] (each input pixel receives the sum over
+/// the taps that read it).
+fn col2im(col: &[f32], g: &ConvGeometry, dxb: &mut [f32], ld: usize, offset: usize) {
     let [kh, kw] = g.kernel;
     let [ho, wo] = g.out;
     let [sh, sw] = g.stride;
@@ -596,7 +663,7 @@ fn col2im(col: &[f32], g: &ConvGeometry, dxb: &mut [f32]) {
         let plane = &mut dxb[c * g.height * g.width..(c + 1) * g.height * g.width];
         for i in 0..kh {
             for j in 0..kw {
-                let row = &col[((c * kh + i) * kw + j) * plane_out..][..plane_out];
+                let row = &col[((c * kh + i) * kw + j) * ld + offset..][..plane_out];
                 let (ox_lo, ox_hi) = valid_columns(g.width, wo, sw, pw, j);
                 if ox_lo == ox_hi {
                     continue;
