@@ -1,7 +1,7 @@
 """PyTorch's side of swav-models' train_step bench: forward + backward of the torchvision
 backbones (without fc) on the CPU, same batch sizes and resolutions.
 
-Run: python3 swav-models/benches/torch_train_step.py [threads]   (default 2)
+Run: python3 swav-models/benches/torch_train_step.py [threads] [name filter]   (default 2, both)
 """
 
 import sys
@@ -25,8 +25,11 @@ def measure(name, model, batch, side, iters):
     print(f"{name}: {batch / dt:.1f} images/s ({dt:.2f} s per step of {batch}, {torch.get_num_threads()} threads)")
 
 
-rn18 = torchvision.models.resnet18()
-rn18.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-rn18.maxpool = torch.nn.Identity()
-measure("resnet18-cifar 32px batch 64", rn18, 64, 32, 3)
-measure("resnet50 224px batch 32", torchvision.models.resnet50(), 32, 224, 1)
+wanted = sys.argv[2] if len(sys.argv) > 2 else ""
+if wanted in "resnet18-cifar 32px batch 64":
+    rn18 = torchvision.models.resnet18()
+    rn18.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    rn18.maxpool = torch.nn.Identity()
+    measure("resnet18-cifar 32px batch 64", rn18, 64, 32, 3)
+if wanted in "resnet50 224px batch 32":
+    measure("resnet50 224px batch 32", torchvision.models.resnet50(), 32, 224, 1)

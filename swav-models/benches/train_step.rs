@@ -9,6 +9,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use swav_models::{Backbone, ResNetConfig};
 
+
 fn measure(name: &str, cfg: ResNetConfig, batch: usize, side: usize, iters: usize) {
     let device = Device::flex().autodiff();
     let net = cfg.init(&device).expect("config");
@@ -38,15 +39,22 @@ fn measure(name: &str, cfg: ResNetConfig, batch: usize, side: usize, iters: usiz
 }
 
 fn main() {
-    measure(
-        "resnet18-cifar 32px batch 64",
-        ResNetConfig {
+    // `cargo bench -p swav-models --bench train_step -- resnet18` runs the matching one only.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let r18 = "resnet18-cifar 32px batch 64";
+    if wanted(r18) {
+        let cfg = ResNetConfig {
             cifar_stem: true,
             ..ResNetConfig::new(18)
-        },
-        64,
-        32,
-        3,
-    );
-    measure("resnet50 224px batch 32", ResNetConfig::new(50), 32, 224, 1);
+        };
+        measure(r18, cfg, 64, 32, 3);
+    }
+    let r50 = "resnet50 224px batch 32";
+    if wanted(r50) {
+        measure(r50, ResNetConfig::new(50), 32, 224, 1);
+    }
 }
