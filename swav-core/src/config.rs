@@ -21,6 +21,17 @@ pub enum OptimizerKind {
     Adamw,
 }
 
+/// The half type of mixed precision (`use_fp16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HalfType {
+    /// IEEE f16, with dynamic loss scaling (the original's apex O1).
+    #[default]
+    F16,
+    /// bfloat16 (f32's range: no loss scaling).
+    Bf16,
+}
+
 /// Every knob of SwAV pretraining. Field names follow the original `main_swav.py` arguments
 /// where one exists, so a user of the original finds them; `Default` is the original's
 /// argument defaults (2 x 224 crops, 100 epochs, batch 64 per worker, K = 3000).
@@ -104,8 +115,12 @@ pub struct SwavConfig {
     /// Exclude BatchNorm and bias parameters from LARS adaptation and weight decay (the peers
     /// do; the original does not).
     pub lars_exclude_bn_bias: bool,
-    /// Mixed precision on backends that support it (the Sinkhorn stays in f32).
+    /// Mixed precision on GPU devices: convolutions and the head's Linear layers in
+    /// `half_type`, parameters, BatchNorm, embeddings, scores, Sinkhorn and loss in f32. The CPU
+    /// backend trains in f32 (its half-precision kernels are slower).
     pub use_fp16: bool,
+    /// The half type of `use_fp16`: `f16` (with dynamic loss scaling) or `bf16`.
+    pub half_type: HalfType,
     /// Seed of every random choice of the run.
     pub seed: u64,
 }
@@ -146,6 +161,7 @@ impl Default for SwavConfig {
             lars_trust_coefficient: 0.001,
             lars_exclude_bn_bias: false,
             use_fp16: true,
+            half_type: HalfType::F16,
             seed: 31,
         }
     }

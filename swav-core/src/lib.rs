@@ -32,7 +32,7 @@ mod queue;
 mod reduce;
 mod sinkhorn;
 
-pub use config::{OptimizerKind, PRESETS, SwavConfig};
+pub use config::{HalfType, OptimizerKind, PRESETS, SwavConfig};
 pub use error::CoreError;
 pub use loss::{
     AssignmentCodes, SwavLossOutput, swapped_prediction_loss, swav_loss, swav_loss_multi_head,

@@ -9,7 +9,6 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use swav_models::{Backbone, ResNetConfig};
 
-
 fn measure(name: &str, cfg: ResNetConfig, batch: usize, side: usize, iters: usize) {
     let device = Device::flex().autodiff();
     let net = cfg.init(&device).expect("config");

@@ -1009,12 +1009,15 @@ fn batch_norm_backward_f32(
     (dx, dgamma, dbeta)
 }
 
-/// BatchNorm's forward as burn's `BatchNorm::forward`, for any input `[B, C, ...]`: in training
+/// BatchNorm's forward as burn's `BatchNorm::forward`, for any input `[B, C, ...]` (computed and
+/// returned in f32, see [`crate::precision`]): in training
 /// mode synchronised over the data-parallel group installed by
 /// [`crate::syncbn::with_synchronised_batch_norm`] when there is one; otherwise, on flex (f32),
 /// the statistics, normalisation and backward through [`FastBatchNormBackend`]. The running
 /// statistics are updated exactly as burn does. Anything else is burn's own forward.
 pub fn batch_norm<const D: usize>(bn: &burn::nn::BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    // In f32 whatever the input (a half-precision convolution's output under autocast).
+    let x = crate::precision::to_f32(x);
     let device = x.device();
     let training = device.is_autodiff() && bn.training.is_enabled();
     if training && let Some(group) = crate::syncbn::current_group() {

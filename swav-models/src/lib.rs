@@ -20,6 +20,7 @@ mod error;
 pub mod flexconv;
 mod head;
 mod import;
+pub mod precision;
 mod resnet;
 mod swav;
 pub mod syncbn;

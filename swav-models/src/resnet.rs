@@ -188,9 +188,12 @@ fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
                 conv.dilation,
                 conv.groups,
             );
-            crate::flexconv::conv2d_no_bias(x, conv.weight.val(), options)
+            let x = crate::precision::to_compute(x);
+            let weight = crate::precision::to_compute(conv.weight.val());
+            crate::flexconv::conv2d_no_bias(x, weight, options)
         }
-        _ => conv.forward(x),
+        // (Not reached by the ResNets here, whose convolutions all take the branch above.)
+        _ => conv.forward(crate::precision::to_f32(x)),
     }
 }
 

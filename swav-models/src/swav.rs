@@ -77,7 +77,9 @@ impl<E: Backbone + Module> SwavModel<E> {
             .iter()
             .map(|g| self.backbone.forward_features(g.clone()))
             .collect();
-        let z = l2_normalize_rows(self.head.forward(Tensor::cat(features, 0)));
+        // Embeddings and scores in f32 also under autocast: the Sinkhorn exponentiates them.
+        let projected = crate::precision::to_f32(self.head.forward(Tensor::cat(features, 0)));
+        let z = l2_normalize_rows(projected);
         let scores = self.prototypes.forward(z.clone());
         SwavOutput {
             embeddings: z,

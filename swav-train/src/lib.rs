@@ -8,6 +8,7 @@
 //! - [`train`]: the run, over any [`swav_models::Backbone`], on one worker or several
 //!   ([`WorkerGroup`]: data-parallel, with the distributed Sinkhorn).
 
+mod amp;
 mod config;
 mod data;
 mod error;
@@ -18,6 +19,7 @@ mod schedule;
 mod semisup;
 mod trainer;
 
+pub use amp::{LossScaler, autocast_for};
 pub use config::{DataConfig, DataKind, RunConfig, TrainConfig};
 pub use data::{DynDataset, RunData, open_data};
 pub use error::TrainError;

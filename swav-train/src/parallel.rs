@@ -40,9 +40,10 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleDisplay, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use swav_core::{EmbeddingQueue, LocalGroup, LocalWorker, SwavConfig, swapped_prediction_loss};
 use swav_data::CropGroupBatch;
+use swav_models::precision::with_autocast;
 use swav_models::syncbn::{SharedStatsReduce, StatsReduce, with_synchronised_batch_norm};
 use swav_models::{Backbone, SwavModel};
 
@@ -55,6 +56,8 @@ struct Job<E> {
     groups: Vec<CropGroupBatch>,
     queue: Option<EmbeddingQueue>,
     want_codes: bool,
+    autocast: Option<DType>,
+    loss_scale: f64,
 }
 
 /// What a worker sends back.
@@ -91,6 +94,9 @@ pub struct ParallelStep {
     /// The running statistics (BatchNorm means and variances, flattened) after the step,
     /// averaged over the workers, by id.
     pub running: HashMap<ParamId, Tensor<1>>,
+    /// Whether every gradient is finite (checked when the loss was scaled: an f16 overflow
+    /// makes the caller skip the update and lower the scale).
+    pub grads_finite: bool,
 }
 
 impl ParallelStep {
@@ -137,8 +143,40 @@ fn running_stats<M: Module>(model: &M) -> Vec<(ParamId, Tensor<1>)> {
     get.0
 }
 
+/// Divides every gradient of `model`'s parameters in `grads` by `scale`; whether all are finite.
+fn unscale<M: Module>(grads: &mut GradientsParams, model: &M, scale: f64) -> bool {
+    struct Unscale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+        squares: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Unscale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let g = g.mul_scalar(self.factor);
+                let sq = g.clone().square().sum();
+                self.squares = Some(match self.squares.take() {
+                    Some(s) => s.add(sq),
+                    None => sq,
+                });
+                self.grads.register::<D>(param.id, g);
+            }
+        }
+    }
+    let mut v = Unscale {
+        grads,
+        factor: 1.0 / scale,
+        squares: None,
+    };
+    model.visit(&mut v);
+    // One read-back for the whole model: inf or NaN anywhere makes the sum non-finite.
+    v.squares.is_none_or(|s| s.into_scalar::<f32>().is_finite())
+}
+
 /// One thread per data-parallel worker, each bound to a device.
 pub struct WorkerGroup<E> {
+    autocast: Option<DType>,
+    loss_scale: f64,
     devices: Vec<Device>,
     jobs: Vec<Sender<Job<E>>>,
     replies: Receiver<Result<Reply, Failure>>,
@@ -175,11 +213,26 @@ where
             handles.push(handle);
         }
         Self {
+            autocast: None,
+            loss_scale: 1.0,
             devices,
             jobs,
             replies,
             handles,
         }
+    }
+
+    /// Mixed precision for the following steps: the workers' forward passes under
+    /// [`swav_models::precision::with_autocast`] with this half type, or f32 (`None`).
+    pub fn set_autocast(&mut self, dtype: Option<DType>) {
+        self.autocast = dtype;
+    }
+
+    /// The factor the workers multiply their loss by before the backward pass (f16 loss
+    /// scaling; 1 by default). The returned gradients are divided by it again and checked for
+    /// overflow ([`ParallelStep::grads_finite`]).
+    pub fn set_loss_scale(&mut self, scale: f64) {
+        self.loss_scale = scale;
     }
 
     /// Number of workers.
@@ -237,6 +290,8 @@ where
                 groups,
                 queue: queue.take(),
                 want_codes: want_codes(rank),
+                autocast: self.autocast,
+                loss_scale: self.loss_scale,
             };
             self.jobs[rank]
                 .send(job)
@@ -284,6 +339,7 @@ where
             diagnostic: None,
             combine_s: 0.0,
             running: HashMap::new(),
+            grads_finite: true,
         };
         let mut running: Vec<(ParamId, Tensor<1>)> = Vec::new();
         for (rank, reply) in replies.into_iter().enumerate() {
@@ -319,6 +375,9 @@ where
             out.codes.extend(reply.codes);
         }
         out.grads = acc.grads();
+        if self.loss_scale != 1.0 {
+            out.grads_finite = unscale(&mut out.grads, model, self.loss_scale);
+        }
         out.running = running
             .into_iter()
             .map(|(id, t)| {
@@ -416,23 +475,30 @@ fn worker_step<E: Backbone + Module + ModuleDisplay>(
         .map(|g| g.into_tensor(device))
         .collect();
     let mut queue = job.queue;
+    let (autocast, loss_scale) = (job.autocast, job.loss_scale);
     let mut forward_backward = || {
         let (scores, lo) = forward_loss(&model, &groups, batch, swav, queue.as_mut(), reduce);
         let loss = lo.loss.clone().into_scalar::<f32>() as f64;
         let diagnostic = (!loss.is_finite()).then(|| diagnose(&scores, &lo, batch, swav));
-        let scaled = if world > 1 {
-            lo.loss.clone().div_scalar(world as f64)
+        // The mean over the workers, times the f16 loss scale (1 without).
+        let factor = loss_scale / world as f64;
+        let scaled = if factor != 1.0 {
+            lo.loss.clone().mul_scalar(factor)
         } else {
             lo.loss.clone()
         };
         let grads = GradientsParams::from_grads(scaled.backward(), &model);
         (lo, loss, diagnostic, grads)
     };
+    let mut with_precision = || match autocast {
+        Some(dtype) => with_autocast(dtype, &mut forward_backward),
+        None => forward_backward(),
+    };
     let (lo, loss, diagnostic, grads) = if swav.sync_bn && world > 1 {
         let group: SharedStatsReduce = std::sync::Arc::new(BatchNormGroup(reduce.clone()));
-        with_synchronised_batch_norm(group, forward_backward)
+        with_synchronised_batch_norm(group, with_precision)
     } else {
-        forward_backward()
+        with_precision()
     };
     let codes = job
         .want_codes

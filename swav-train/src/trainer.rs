@@ -90,6 +90,9 @@ pub struct TrainState {
     pub queue_filled_ranks: Vec<Vec<usize>>,
     /// Iterations per epoch when written.
     pub iters_per_epoch: usize,
+    /// f16 loss scaling state, when the run uses it.
+    #[serde(default)]
+    pub loss_scaler: Option<crate::LossScaler>,
 }
 
 /// What a run did.
@@ -123,6 +126,9 @@ pub struct RunSummary {
     pub knn: Option<KnnResult>,
     /// BatchNorm statistics mode.
     pub batchnorm: String,
+    /// Compute precision: `f32`, or the half type of mixed precision and its loss scaling.
+    #[serde(default)]
+    pub precision: String,
     /// Warnings raised (collapse, ...).
     pub warnings: Vec<String>,
     /// The data.
@@ -642,6 +648,7 @@ where
         None => None,
     };
     let mut resumed_from = None;
+    let mut resumed_scaler = None;
     if let Some(path) = &resume {
         let ckpt = read_checkpoint(path)?;
         let state: TrainState = ckpt
@@ -704,6 +711,7 @@ where
                 )?);
             }
         }
+        resumed_scaler = state.loss_scaler;
         epoch = state.epoch;
         next_batch = state.next_batch;
         iteration = state.iteration;
@@ -723,7 +731,8 @@ where
                 epoch: usize,
                 next_batch: usize,
                 iteration: usize,
-                elapsed: f64|
+                elapsed: f64,
+                loss_scaler: Option<crate::LossScaler>|
      -> Result<(), TrainError> {
         // BatchNorm running statistics hold their latest update aside until synchronised;
         // `valid` synchronises them in place (the state is shared), so the file has it.
@@ -764,6 +773,7 @@ where
             queue_filled,
             queue_filled_ranks,
             iters_per_epoch,
+            loss_scaler,
         };
         let mut meta = BTreeMap::new();
         meta.insert(
@@ -793,6 +803,7 @@ where
         collapse_loss,
         skipped_files: Vec::new(),
         knn: None,
+        precision: String::new(),
         batchnorm: if world == 1 {
             "batch statistics of the one worker's batch".to_string()
         } else if s.sync_bn {
@@ -818,21 +829,37 @@ where
 
     let total_iters = schedule.len();
     let mut progress = Progress::new(config.run.quiet, total_iters, iteration);
-    if s.use_fp16 {
-        // Said rather than silently ignored: the original's recipes ask for apex O1.
-        let w =
-            "swav.use_fp16 = true: mixed precision is not implemented in this version; the run \
-                 trains in f32 (set use_fp16 = false to silence this)"
-                .to_string();
-        progress.warn(&w);
-        summary.warnings.push(w);
-    }
     let started = Instant::now();
     let (mut data_time, mut step_time) = (0f64, 0f64);
     let batch = s.batch_size;
     let global_batch = batch * world;
 
-    let group = WorkerGroup::<E>::new(bases.clone(), s, batch);
+    let mut group = WorkerGroup::<E>::new(bases.clone(), s, batch);
+    let autocast = crate::autocast_for(s, &bases);
+    group.set_autocast(autocast);
+    // f16 needs loss scaling (bf16 has f32's range); the scale continues across a resume.
+    let mut scaler =
+        (autocast == Some(burn::tensor::DType::F16)).then(|| resumed_scaler.unwrap_or_default());
+    summary.precision = match autocast {
+        Some(burn::tensor::DType::F16) => {
+            "mixed: convolutions and head in f16 with dynamic loss scaling; BatchNorm, \
+             embeddings, Sinkhorn and loss in f32"
+        }
+        Some(_) => {
+            "mixed: convolutions and head in bf16; BatchNorm, embeddings, Sinkhorn and loss in f32"
+        }
+        None => "f32",
+    }
+    .to_string();
+    if s.use_fp16 && autocast.is_none() {
+        // Said rather than silently ignored: the original's recipes ask for apex O1.
+        let w = "swav.use_fp16 = true: mixed precision runs on GPU devices; on the CPU backend \
+                 the run trains in f32 (its half-precision kernels are slower; set use_fp16 = \
+                 false to silence this)"
+            .to_string();
+        progress.warn(&w);
+        summary.warnings.push(w);
+    }
     while epoch < s.epochs {
         if s.queue_active(epoch) {
             // Each worker's queue lives on its device.
@@ -873,6 +900,9 @@ where
             model = normalize_heads(model);
             let log_now = (iteration + 1) % config.run.log_every == 0;
             let groups = rank_batches.into_iter().map(|b| b.groups).collect();
+            if let Some(sc) = &scaler {
+                group.set_loss_scale(sc.scale);
+            }
             let out = group.step(&model, groups, &mut queues, log_now)?;
             let loss_value = out.loss;
             if !loss_value.is_finite() {
@@ -886,9 +916,18 @@ where
                 )));
             }
             let frozen = iteration < s.freeze_prototypes_niters;
-            model = optim.step(model, &out.grads, lr, &|p: &str| {
-                frozen && p.starts_with("prototypes.")
-            });
+            // An f16 overflow in the gradients: no update this step, a lower scale next.
+            let apply = scaler.as_mut().is_none_or(|sc| sc.update(out.grads_finite));
+            if apply {
+                model = optim.step(model, &out.grads, lr, &|p: &str| {
+                    frozen && p.starts_with("prototypes.")
+                });
+            } else if let Some(sc) = &scaler {
+                metrics.write(&serde_json::json!({
+                    "type": "overflow", "epoch": epoch, "iteration": iteration,
+                    "loss_scale": sc.scale, "skipped_steps": sc.skipped,
+                }))?;
+            }
             model = out.with_running_stats(model);
             iteration += 1;
             summary.iterations_this_session += 1;
@@ -941,6 +980,7 @@ where
                     batch_index + 1,
                     iteration,
                     elapsed_before + started.elapsed().as_secs_f64(),
+                    scaler,
                 )?;
             }
         }
@@ -955,6 +995,7 @@ where
             0,
             iteration,
             elapsed_before + started.elapsed().as_secs_f64(),
+            scaler,
         )?;
 
         let mean_loss = if epoch_steps > 0 {

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Synchronised BatchNorm over the workers (the trainer's `swav.sync_bn`).
     #[arg(long)]
     pub sync_bn: bool,
+    /// Mixed precision as the trainer's `use_fp16` (`f16`, with a loss scale of 2^16, or
+    /// `bf16`); meant for GPU devices (on the CPU, flex's half kernels are slower).
+    #[arg(long)]
+    pub amp: Option<String>,
 }
 
 fn parse_crops(s: &str) -> Result<Vec<(usize, usize)>> {
@@ -98,7 +102,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     // The trainer's path: one worker thread per device, each with its batch of `--batch`
     // images as the loader makes them (one group per resolution, crop-major).
-    let group = WorkerGroup::new(devices, &swav, args.batch);
+    let mut group = WorkerGroup::new(devices, &swav, args.batch);
+    match args.amp.as_deref() {
+        None => {}
+        Some("f16") => {
+            group.set_autocast(Some(burn::tensor::DType::F16));
+            group.set_loss_scale(swav_train::LossScaler::INITIAL);
+        }
+        Some("bf16") => group.set_autocast(Some(burn::tensor::DType::BF16)),
+        Some(other) => bail!("--amp takes f16 or bf16, not `{other}`"),
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let batches: Vec<Vec<CropGroupBatch>> = (0..args.workers)
         .map(|_| {
@@ -136,6 +149,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         serde_json::json!({
             "impl": "swav-rs", "backend": if args.device == "cpu" { "burn flex (CPU)" } else { "burn wgpu" },
             "threads": threads, "workers": args.workers, "sync_bn": args.sync_bn,
+            "amp": args.amp.as_deref().unwrap_or("off"),
             "arch": args.arch, "base_width": args.base_width, "cifar_stem": args.cifar_stem,
             "batch_per_worker": args.batch, "crops": args.crops, "device": args.device,
             "images_per_s": (images / timed * 10.0).round() / 10.0,

@@ -191,6 +191,7 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         );
     }
     println!("batch norm: {}", sm.batchnorm);
+    println!("precision: {}", sm.precision);
     println!("skipped files: {}", sm.skipped_files.len());
     for f in sm.skipped_files.iter().take(10) {
         println!("  {f}");
