@@ -23,6 +23,8 @@ t() { echo "== $*"; timeout 150 "$@"; echo "(exit $?)"; }
 t python3 .dev/torch_swav_step.py --arch resnet18 --cifar-stem --batch 512 --crops 2x32 --steps 20 --warmup 5
 t python3 .dev/torch_swav_step.py --arch resnet18 --cifar-stem --batch 512 --crops 2x32 --steps 20 --warmup 5 --amp --channels-last
 t .dev/xtask bench --device wgpu --arch resnet18 --cifar-stem --batch 512 --crops 2x32 --steps 10 --warmup 3
+t .dev/xtask bench --device wgpu --arch resnet18 --cifar-stem --batch 512 --crops 2x32 --steps 10 --warmup 3 --amp f16
 t python3 .dev/torch_swav_step.py --arch resnet50 --batch 64 --crops 2x224,6x96 --steps 10 --warmup 3
 t python3 .dev/torch_swav_step.py --arch resnet50 --batch 64 --crops 2x224,6x96 --steps 10 --warmup 3 --amp --channels-last
 t .dev/xtask bench --device wgpu --arch resnet50 --batch 64 --crops 2x224,6x96 --steps 5 --warmup 2
+t .dev/xtask bench --device wgpu --arch resnet50 --batch 64 --crops 2x224,6x96 --steps 5 --warmup 2 --amp f16

@@ -204,6 +204,34 @@ fn sgd() -> Optimizer {
     })
 }
 
+/// One step of `m` on 1 worker with the whole batch of `2 x b` images and on 2 workers with `b`
+/// each (the same images); and the two halves.
+fn one_and_two<E>(
+    cfg: &SwavConfig,
+    m: &SwavModel<E>,
+    b: usize,
+    seed: u64,
+) -> (
+    swav_train::ParallelStep,
+    swav_train::ParallelStep,
+    Vec<Vec<CropGroupBatch>>,
+)
+where
+    E: Backbone + Module + burn::module::ModuleDisplay + 'static,
+{
+    let cpu = Device::flex();
+    let (halves, whole) = batches(cfg, 2, b, seed);
+    let one = WorkerGroup::new(vec![cpu.clone()], cfg, 2 * b);
+    let two = WorkerGroup::new(vec![cpu.clone(), cpu], cfg, b);
+    let single = one
+        .step_all_codes(m, vec![whole], &mut [None])
+        .expect("one worker");
+    let pair = two
+        .step_all_codes(m, halves.clone(), &mut [None, None])
+        .expect("two workers");
+    (single, pair, halves)
+}
+
 #[test]
 fn two_workers_with_batch_b_step_as_one_worker_with_batch_2b() {
     let cfg = swav();
@@ -211,16 +239,7 @@ fn two_workers_with_batch_b_step_as_one_worker_with_batch_2b() {
     let device = cpu.clone().autodiff();
     let b = 6;
     let m = model(&cfg, &device);
-    let (halves, whole) = batches(&cfg, 2, b, 3);
-
-    let one = WorkerGroup::new(vec![cpu.clone()], &cfg, 2 * b);
-    let two = WorkerGroup::new(vec![cpu.clone(), cpu.clone()], &cfg, b);
-    let single = one
-        .step_all_codes(&m, vec![whole], &mut [None])
-        .expect("one worker");
-    let pair = two
-        .step_all_codes(&m, halves.clone(), &mut [None, None])
-        .expect("two workers");
+    let (single, pair, halves) = one_and_two(&cfg, &m, b, 3);
 
     // The loss: the mean of the workers' losses is the loss of the whole batch.
     assert!(
@@ -313,15 +332,7 @@ fn synchronised_batchnorm_steps_two_workers_as_one_with_the_whole_batch() {
     let cpu = Device::flex();
     let m = resnet_model(&cfg, &cpu.clone().autodiff());
     let b = 5;
-    let (halves, whole) = batches(&cfg, 2, b, 21);
-    let one = WorkerGroup::new(vec![cpu.clone()], &cfg, 2 * b);
-    let two = WorkerGroup::new(vec![cpu.clone(), cpu.clone()], &cfg, b);
-    let single = one
-        .step_all_codes(&m, vec![whole], &mut [None])
-        .expect("one worker");
-    let pair = two
-        .step_all_codes(&m, halves.clone(), &mut [None, None])
-        .expect("two workers");
+    let (single, pair, halves) = one_and_two(&cfg, &m, b, 21);
 
     let loss_diff = (single.loss - pair.loss).abs() / single.loss.abs();
     assert!(
