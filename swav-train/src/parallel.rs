@@ -22,13 +22,13 @@
 //! unimplemented and on wgpu it panics inside cubecl. See `docs/design/data-parallel.md`.
 //!
 //! BatchNorm: by default every replica normalises with the statistics of its own local batch
-//! (per-worker statistics, as PyTorch's DDP without SyncBatchNorm). With `swav.sync_bn` and
-//! several workers, every BatchNorm of the backbone and head uses the statistics of the global
-//! batch instead ([`swav_models::syncbn`]: the per-channel sums are reduced over the workers in
-//! the forward pass, and the gradients through them in the backward pass, through the same
-//! [`LocalWorker`]), as the original's `SyncBatchNorm`. Either way each replica has running statistics of
-//! its own for the step (burn's shared [`burn::module::RunningState`] would average the
-//! threads' updates in whatever order they arrive, and a multi-crop step updates each layer
+//! (per-worker statistics, as PyTorch's DDP without SyncBatchNorm). With `swav.sync_bn` and several
+//! workers, every BatchNorm of the backbone and head uses the statistics of the global batch
+//! instead ([`swav_models::syncbn`]: the per-channel sums are reduced over the workers in the
+//! forward pass, and the gradients through them in the backward pass, through the same
+//! [`LocalWorker`]), as the original's `SyncBatchNorm`. Either way each replica has running
+//! statistics of its own for the step (burn's shared [`burn::module::RunningState`] would average
+//! the threads' updates in whatever order they arrive, and a multi-crop step updates each layer
 //! once per resolution); after the step they are averaged over the workers in rank order and
 //! written into the coordinator's model ([`ParallelStep::with_running_stats`]). Only evaluation
 //! reads them.
