@@ -586,7 +586,7 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], geometry: &ConvGeometry) -> Vec
 
 /// The input gradient, `[B, C, H, W]` row-major, from the weight (`[O, C, kh, kw]`) and the
 /// output gradient (`[B, O, Ho, Wo]`): per image, `dcol = Wᵀ · dY_b`, scattered back by
-/// [`col2im`].
+/// col2im.
 ///
 /// # Panics
 /// If the slices' lengths do not match `geometry`.
