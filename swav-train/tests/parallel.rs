@@ -164,6 +164,27 @@ fn params_of<M: ModuleSnapshot + Module>(m: &M) -> Vec<(String, Vec<f32>)> {
     v
 }
 
+/// Asserts every parameter's gradients agree to `tolerance` of their own scale, except where
+/// that scale is rounding noise: the bias of the head's Linear before its BatchNorm has a
+/// gradient of exactly zero in exact arithmetic (the normalisation removes any shift), so a
+/// tensor is held to at least 1e-3 of the model's largest gradient. Returns that largest value.
+fn grads_close(g1: &[(String, Vec<f32>)], g2: &[(String, Vec<f32>)], tolerance: f64) -> f64 {
+    assert_eq!(g1.len(), g2.len());
+    let model_scale = g1
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .fold(0f64, |m, x| m.max((*x as f64).abs()));
+    for ((id, a), (_, b)) in g1.iter().zip(g2) {
+        let own = a
+            .iter()
+            .chain(b)
+            .fold(0f64, |m, &x| m.max((x as f64).abs()));
+        let d = rel_diff(a, b) * own / own.max(1e-3 * model_scale);
+        assert!(d < tolerance, "gradient of parameter {id} differs by {d}");
+    }
+    model_scale
+}
+
 /// Largest difference relative to the larger magnitude of the two vectors.
 fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -352,23 +373,7 @@ fn synchronised_batchnorm_steps_two_workers_as_one_with_the_whole_batch() {
         g1.len() > 60,
         "every conv, BatchNorm, head and prototype tensor"
     );
-    // Each tensor to 1e-4 of its own scale, except where that scale is rounding noise: the bias
-    // of the head's Linear before its BatchNorm has a gradient of exactly zero in exact
-    // arithmetic (the normalisation removes any shift), so it is held to the model's scale.
-    let largest = |g: &[(String, Vec<f32>)]| {
-        g.iter()
-            .flat_map(|(_, v)| v.iter())
-            .fold(0f32, |m, x| m.max(x.abs()))
-    };
-    let model_scale = largest(&g1) as f64;
-    for ((id, a), (_, b)) in g1.iter().zip(&g2) {
-        let own = a
-            .iter()
-            .chain(b)
-            .fold(0f64, |m, &x| m.max((x as f64).abs()));
-        let d = rel_diff(a, b) * own / own.max(1e-3 * model_scale);
-        assert!(d < 1e-4, "gradient of parameter {id} differs by {d}");
-    }
+    let model_scale = grads_close(&g1, &g2, 1e-4);
     let head_bias = floats(
         single
             .grads
@@ -750,6 +755,26 @@ mod remote {
         for ((id, x), (_, y)) in grads_of(&m, &a.grads).iter().zip(&grads_of(&m, &b.grads)) {
             assert!(rel_diff(x, y) < 1e-6, "gradient of {id}");
         }
+        // A ResNet with BatchNorm: the local worker on flexconv's kernels, the remote one on
+        // burn's; the same step to rounding.
+        let cfg = SwavConfig {
+            hidden_mlp: 16,
+            ..cfg
+        };
+        let m = resnet_model(&cfg, &cpu.clone().autodiff());
+        let local = WorkerGroup::new(vec![cpu.clone(), cpu.clone()], &cfg, 5);
+        let remote = swav_train::device_named(&srv.url, "test").expect("connect");
+        let mixed = WorkerGroup::new(vec![cpu.clone(), remote], &cfg, 5);
+        let (halves, _) = batches(&cfg, 2, 5, 22);
+        let a = local
+            .step_all_codes(&m, halves.clone(), &mut [None, None])
+            .expect("local");
+        let b = mixed
+            .step_all_codes(&m, halves, &mut [None, None])
+            .expect("remote");
+        assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss.abs());
+        // (Measured: every tensor within 1.7e-5; the head's pre-BatchNorm bias is pure noise.)
+        grads_close(&grads_of(&m, &a.grads), &grads_of(&m, &b.grads), 1e-4);
     }
 
     #[test]
@@ -765,13 +790,26 @@ mod remote {
         let mut local_cfg = tiny_parallel(&dir.path().join("local"));
         local_cfg.swav.epochs = 1;
         let local = run(&local_cfg, None);
+        // Not equal to the bit or to 1e-4 any more: a local CPU worker runs the ResNet's
+        // convolutions and BatchNorms on swav_models::flexconv's kernels, the remote server on
+        // burn's (the same step to 1e-4, the test above), and four training steps of this tiny
+        // net (8 images per worker) amplify the rounding (measured: 4.5 % in one BatchNorm's
+        // beta after 4 steps, last loss 3.8562 vs 3.8592). So: the run completes, and its loss
+        // and weights stay close.
+        let (lm, ll) = (
+            mixed.summary.last_loss.expect("mixed loss"),
+            local.summary.last_loss.expect("local loss"),
+        );
+        assert!(
+            lm.is_finite() && (lm - ll).abs() < 0.02 * ll.abs(),
+            "{lm} vs {ll}"
+        );
         let (p, q) = (params_of(&mixed.model), params_of(&local.model));
-        for ((name, a), (_, b)) in p.iter().zip(&q) {
-            assert!(
-                rel_diff(a, b) < 1e-4,
-                "{name}: remote and local runs differ by {}",
-                rel_diff(a, b)
-            );
-        }
+        let worst = p
+            .iter()
+            .zip(&q)
+            .map(|((_, a), (_, b))| rel_diff(a, b))
+            .fold(0f64, f64::max);
+        assert!(worst < 0.2, "remote and local runs differ by {worst}");
     }
 }
