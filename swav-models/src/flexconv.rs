@@ -96,16 +96,7 @@ impl FastConvBackend for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let Some(geometry) = backward_geometry(&x, &weight, &output_grad, &options) else {
-            return Self::conv2d_x_backward(x, weight, output_grad, options);
-        };
-        let weight = weight.to_contiguous();
-        let g = output_grad.to_contiguous();
-        let (Some(wv), Some(gv)) = (weight.as_slice::<f32>(), g.as_slice::<f32>()) else {
-            return Self::conv2d_x_backward(x, weight, g, options);
-        };
-        let shape = x.layout().shape().to_vec();
-        flex_tensor(conv2d_input_grad(wv, gv, &geometry), shape)
+        flex_conv_backward(x, weight, output_grad, options, true)
     }
 
     fn fast_conv2d_weight_grad(
@@ -114,16 +105,42 @@ impl FastConvBackend for Flex {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let Some(geometry) = backward_geometry(&x, &weight, &output_grad, &options) else {
-            return Self::conv2d_weight_backward(x, weight, output_grad, options);
-        };
-        let x = x.to_contiguous();
-        let g = output_grad.to_contiguous();
-        let (Some(xv), Some(gv)) = (x.as_slice::<f32>(), g.as_slice::<f32>()) else {
-            return Self::conv2d_weight_backward(x, weight, g, options);
-        };
+        flex_conv_backward(x, weight, output_grad, options, false)
+    }
+}
+
+/// A convolution's input gradient (`wrt_x`, from the weight and output gradient) or weight
+/// gradient (from the input and output gradient) on flex, by the kernels here where they serve
+/// the case, else by burn's.
+fn flex_conv_backward(
+    x: burn::backend::flex::FlexTensor,
+    weight: burn::backend::flex::FlexTensor,
+    output_grad: burn::backend::flex::FlexTensor,
+    options: ConvOptions<2>,
+    wrt_x: bool,
+) -> burn::backend::flex::FlexTensor {
+    let burns = |x, weight, g, options| {
+        if wrt_x {
+            Flex::conv2d_x_backward(x, weight, g, options)
+        } else {
+            Flex::conv2d_weight_backward(x, weight, g, options)
+        }
+    };
+    let Some(geometry) = backward_geometry(&x, &weight, &output_grad, &options) else {
+        return burns(x, weight, output_grad, options);
+    };
+    // The kernel reads the weight (input gradient) or the input (weight gradient).
+    let operand = if wrt_x { &weight } else { &x }.to_contiguous();
+    let g = output_grad.to_contiguous();
+    let (Some(ov), Some(gv)) = (operand.as_slice::<f32>(), g.as_slice::<f32>()) else {
+        return burns(x, weight, g, options);
+    };
+    if wrt_x {
+        let shape = x.layout().shape().to_vec();
+        flex_tensor(conv2d_input_grad(ov, gv, &geometry), shape)
+    } else {
         let shape = weight.layout().shape().to_vec();
-        flex_tensor(conv2d_weight_grad(xv, gv, &geometry), shape)
+        flex_tensor(conv2d_weight_grad(ov, gv, &geometry), shape)
     }
 }
 
