@@ -144,6 +144,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     let images = (args.batch * args.workers * args.steps) as f64;
+    let cache = crate::ALLOC.stats();
     println!(
         "{}",
         serde_json::json!({
@@ -156,6 +157,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "step_ms": (1000.0 * timed / args.steps as f64 * 100.0).round() / 100.0,
             "gradient_combine_ms": (1000.0 * exchange / args.steps as f64 * 100.0).round() / 100.0,
             "loss": last,
+            "block_cache": {
+                "hits": cache.hits, "misses": cache.misses,
+                "held_mib": cache.held_bytes >> 20, "budget_mib": cache.budget_bytes >> 20,
+            },
         })
     );
     Ok(())

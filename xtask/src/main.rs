@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+/// Large freed blocks stay with the process for the next training step (see
+/// `swav_models::block_cache`); `SWAV_BLOCK_CACHE_MB=0` turns it off.
+#[global_allocator]
+static ALLOC: swav_models::block_cache::BlockCache = swav_models::block_cache::BlockCache::new();
 use clap::{Parser, Subcommand};
 
 /// Tasks of the swav-rs workspace.

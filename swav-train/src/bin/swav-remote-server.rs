@@ -16,6 +16,10 @@ use std::process::ExitCode;
 use burn::tensor::Device;
 use burn::tensor::server::{RemoteServer, WebSocketTransport};
 
+/// Large freed blocks stay with the process for the next step (`swav_models::block_cache`).
+#[global_allocator]
+static ALLOC: swav_models::block_cache::BlockCache = swav_models::block_cache::BlockCache::new();
+
 fn main() -> ExitCode {
     let mut port: u16 = 3000;
     let mut bind = String::from("0.0.0.0");
