@@ -27,6 +27,7 @@ pub mod precision;
 mod resnet;
 mod swav;
 pub mod syncbn;
+pub mod winograd;
 
 pub use backbone::Backbone;
 pub use checkpoint::{

@@ -10,8 +10,10 @@ use swav_models::flexconv::{ConvGeometry, conv2d_no_bias, conv2d_weight_grad, is
 /// (batch, channels in, height, width, channels out, kernel, stride, padding)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-/// The last two put several images into one GEMM (few output positions; the last group short).
-const CASES: [Case; 9] = [
+/// Cases 8 and 9 put several images into one GEMM (few output positions; the last group short);
+/// the last four are 3x3 stride-1 "same" convolutions with 16 channels or more, which the
+/// forward and the input gradient compute by Winograd's F(2x2, 3x3) (odd, non-square, 1x1).
+const CASES: [Case; 13] = [
     (2, 3, 9, 7, 4, 3, 1, 1),
     (3, 5, 10, 10, 6, 3, 2, 1),
     (2, 3, 15, 15, 8, 7, 2, 3),
@@ -21,6 +23,10 @@ const CASES: [Case; 9] = [
     (3, 4, 7, 11, 5, 3, 2, 2),
     (9, 4, 4, 4, 6, 3, 1, 1),
     (7, 6, 6, 6, 5, 1, 1, 0),
+    (2, 16, 9, 7, 17, 3, 1, 1),
+    (3, 20, 4, 4, 16, 3, 1, 1),
+    (1, 16, 1, 1, 16, 3, 1, 1),
+    (5, 16, 2, 3, 18, 3, 1, 1),
 ];
 
 fn out_size(n: usize, k: usize, s: usize, p: usize) -> usize {

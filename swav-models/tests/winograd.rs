@@ -1,0 +1,153 @@
+//! Winograd F(2x2, 3x3) convolutions (`swav_models::winograd`) against plain f64 loops: the
+//! forward and the input gradient, on odd, non-square, 1x1 and 2x2 images, batch 1 and larger.
+
+use swav_models::flexconv::ConvGeometry;
+use swav_models::winograd::{conv3x3_forward, conv3x3_input_grad, serves};
+
+fn geometry(b: usize, c: usize, h: usize, w: usize, o: usize) -> ConvGeometry {
+    ConvGeometry {
+        batch: b,
+        channels_in: c,
+        height: h,
+        width: w,
+        channels_out: o,
+        kernel: [3, 3],
+        out: [h, w],
+        stride: [1, 1],
+        padding: [1, 1],
+    }
+}
+
+/// Deterministic values in [-1, 1) from a seed (no RNG crate needed).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// `y[b, o, i, j] = Σ_c Σ_(p, q) x[b, c, i + p - 1, j + q - 1] · w[o, c, p, q]`, in f64.
+fn forward_f64(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f64> {
+    let (h, wd) = (g.height, g.width);
+    let mut y = vec![0.0f64; g.batch * g.channels_out * h * wd];
+    for b in 0..g.batch {
+        for o in 0..g.channels_out {
+            for i in 0..h {
+                for j in 0..wd {
+                    let mut acc = 0.0f64;
+                    for c in 0..g.channels_in {
+                        for p in 0..3 {
+                            for q in 0..3 {
+                                let (yy, xx) = (i + p, j + q);
+                                if yy < 1 || xx < 1 || yy > h || xx > wd {
+                                    continue;
+                                }
+                                let xv = x[((b * g.channels_in + c) * h + yy - 1) * wd + xx - 1];
+                                let wv = w[((o * g.channels_in + c) * 3 + p) * 3 + q];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    y[((b * g.channels_out + o) * h + i) * wd + j] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// The input gradient of [`forward_f64`] for the output gradient `dy`, scattered in f64.
+fn input_grad_f64(w: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f64> {
+    let (h, wd) = (g.height, g.width);
+    let mut dx = vec![0.0f64; g.batch * g.channels_in * h * wd];
+    for b in 0..g.batch {
+        for o in 0..g.channels_out {
+            for i in 0..h {
+                for j in 0..wd {
+                    let gv = dy[((b * g.channels_out + o) * h + i) * wd + j] as f64;
+                    for c in 0..g.channels_in {
+                        for p in 0..3 {
+                            for q in 0..3 {
+                                let (yy, xx) = (i + p, j + q);
+                                if yy < 1 || xx < 1 || yy > h || xx > wd {
+                                    continue;
+                                }
+                                let wv = w[((o * g.channels_in + c) * 3 + p) * 3 + q] as f64;
+                                dx[((b * g.channels_in + c) * h + yy - 1) * wd + xx - 1] += gv * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f64], g: &ConvGeometry) {
+    assert_eq!(got.len(), want.len(), "{name} length");
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (a, r)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (*a as f64 - r).abs() <= 2e-6 * scale,
+            "{name} {g:?} element {i}: {a} vs {r}"
+        );
+    }
+}
+
+#[test]
+fn forward_and_input_gradient_match_plain_loops() {
+    // (batch, channels in, height, width, channels out)
+    for (b, c, h, w, o) in [
+        (2, 16, 9, 7, 17),
+        (3, 20, 4, 4, 16),
+        (1, 16, 1, 1, 16),
+        (5, 16, 2, 3, 18),
+        (2, 24, 8, 8, 32),
+        (9, 16, 5, 6, 16),
+    ] {
+        let g = geometry(b, c, h, w, o);
+        assert!(serves(&g));
+        let x = values(b * c * h * w, 1 + b as u64);
+        let wt = values(o * c * 9, 7 + c as u64);
+        let dy = values(b * o * h * w, 3 + o as u64);
+        assert_close(
+            "output",
+            &conv3x3_forward(&x, &wt, &g),
+            &forward_f64(&x, &wt, &g),
+            &g,
+        );
+        assert_close(
+            "input gradient",
+            &conv3x3_input_grad(&wt, &dy, &g),
+            &input_grad_f64(&wt, &dy, &g),
+            &g,
+        );
+    }
+}
+
+#[test]
+fn only_3x3_stride_one_same_convolutions_with_enough_channels_are_served() {
+    assert!(serves(&geometry(4, 64, 32, 32, 64)));
+    assert!(!serves(&geometry(4, 3, 32, 32, 64)), "an RGB stem");
+    assert!(!serves(&geometry(4, 64, 32, 32, 8)));
+    let mut strided = geometry(4, 64, 32, 32, 64);
+    strided.stride = [2, 2];
+    strided.out = [16, 16];
+    assert!(!serves(&strided));
+    let mut unpadded = geometry(4, 64, 32, 32, 64);
+    unpadded.padding = [0, 0];
+    unpadded.out = [30, 30];
+    assert!(!serves(&unpadded));
+    let mut one = geometry(4, 64, 32, 32, 64);
+    one.kernel = [1, 1];
+    one.padding = [0, 0];
+    assert!(!serves(&one));
+}
