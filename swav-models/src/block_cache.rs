@@ -212,6 +212,37 @@ impl BlockCache {
         Layout::from_size_align(size, layout.align()).ok()
     }
 
+    /// A large block for `layout` (served with `rounded`): a kept one if there is one (zeroed
+    /// here when asked), else a fresh one from the system.
+    ///
+    /// # Safety
+    /// `rounded` is [`Self::rounded`] of `layout`, a valid non-zero layout.
+    unsafe fn alloc_large(&self, layout: Layout, rounded: Layout, zeroed: bool) -> *mut u8 {
+        if let Some(ptr) = self.take(rounded) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.handed_out(rounded.size());
+            if zeroed {
+                // SAFETY: the kept block is `rounded.size() >= layout.size()` bytes and ours.
+                unsafe { std::ptr::write_bytes(ptr, 0, layout.size()) };
+            }
+            return ptr;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `rounded` has a non-zero size and a valid alignment; fresh system memory from
+        // `alloc_zeroed` comes zeroed.
+        let ptr = unsafe {
+            if zeroed {
+                System.alloc_zeroed(rounded)
+            } else {
+                System.alloc(rounded)
+            }
+        };
+        if !ptr.is_null() {
+            self.handed_out(rounded.size());
+        }
+        ptr
+    }
+
     /// Takes a kept block of exactly this layout, if there is one.
     fn take(&self, layout: Layout) -> Option<*mut u8> {
         let mut shelf = self.shelf.lock().ok()?;
@@ -267,43 +298,21 @@ impl Default for BlockCache {
 // while nobody holds it, and leaves it under the lock before it is handed out again.
 unsafe impl GlobalAlloc for BlockCache {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some(rounded) = Self::rounded(layout) else {
-            // SAFETY: forwarded with the caller's layout (non-zero size per GlobalAlloc).
-            return unsafe { System.alloc(layout) };
-        };
-        if let Some(ptr) = self.take(rounded) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            self.handed_out(rounded.size());
-            return ptr;
+        match Self::rounded(layout) {
+            // SAFETY: the caller's layout is valid and non-zero (GlobalAlloc's contract).
+            Some(rounded) => unsafe { self.alloc_large(layout, rounded, false) },
+            // SAFETY: forwarded with the caller's layout.
+            None => unsafe { System.alloc(layout) },
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `rounded` has a non-zero size and a valid alignment.
-        let ptr = unsafe { System.alloc(rounded) };
-        if !ptr.is_null() {
-            self.handed_out(rounded.size());
-        }
-        ptr
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let Some(rounded) = Self::rounded(layout) else {
+        match Self::rounded(layout) {
+            // SAFETY: as in `alloc`.
+            Some(rounded) => unsafe { self.alloc_large(layout, rounded, true) },
             // SAFETY: forwarded with the caller's layout.
-            return unsafe { System.alloc_zeroed(layout) };
-        };
-        if let Some(ptr) = self.take(rounded) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            self.handed_out(rounded.size());
-            // SAFETY: the kept block is `rounded.size() >= layout.size()` bytes and ours.
-            unsafe { std::ptr::write_bytes(ptr, 0, layout.size()) };
-            return ptr;
+            None => unsafe { System.alloc_zeroed(layout) },
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as in `alloc`; fresh system memory comes zeroed.
-        let ptr = unsafe { System.alloc_zeroed(rounded) };
-        if !ptr.is_null() {
-            self.handed_out(rounded.size());
-        }
-        ptr
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -33,15 +33,16 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// `y[b, o, i, j] = Σ_c Σ_(p, q) x[b, c, i + p - 1, j + q - 1] · w[o, c, p, q]`, in f64.
-fn forward_f64(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f64> {
+/// Calls `visit(x_index, w_index, y_index)` for every product of the convolution
+/// `y[b, o, i, j] = Σ_c Σ_(p, q) x[b, c, i + p - 1, j + q - 1] · w[o, c, p, q]` (taps falling in
+/// the zero padding skipped).
+fn for_each_product(g: &ConvGeometry, mut visit: impl FnMut(usize, usize, usize)) {
     let (h, wd) = (g.height, g.width);
-    let mut y = vec![0.0f64; g.batch * g.channels_out * h * wd];
     for b in 0..g.batch {
         for o in 0..g.channels_out {
             for i in 0..h {
                 for j in 0..wd {
-                    let mut acc = 0.0f64;
+                    let yi = ((b * g.channels_out + o) * h + i) * wd + j;
                     for c in 0..g.channels_in {
                         for p in 0..3 {
                             for q in 0..3 {
@@ -49,45 +50,29 @@ fn forward_f64(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f64> {
                                 if yy < 1 || xx < 1 || yy > h || xx > wd {
                                     continue;
                                 }
-                                let xv = x[((b * g.channels_in + c) * h + yy - 1) * wd + xx - 1];
-                                let wv = w[((o * g.channels_in + c) * 3 + p) * 3 + q];
-                                acc += xv as f64 * wv as f64;
+                                let xi = ((b * g.channels_in + c) * h + yy - 1) * wd + xx - 1;
+                                let wi = ((o * g.channels_in + c) * 3 + p) * 3 + q;
+                                visit(xi, wi, yi);
                             }
                         }
                     }
-                    y[((b * g.channels_out + o) * h + i) * wd + j] = acc;
                 }
             }
         }
     }
+}
+
+/// The convolution's output, in f64.
+fn forward_f64(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f64> {
+    let mut y = vec![0.0f64; g.batch * g.channels_out * g.height * g.width];
+    for_each_product(g, |xi, wi, yi| y[yi] += x[xi] as f64 * w[wi] as f64);
     y
 }
 
-/// The input gradient of [`forward_f64`] for the output gradient `dy`, scattered in f64.
+/// The input gradient of [`forward_f64`] for the output gradient `dy`, in f64.
 fn input_grad_f64(w: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f64> {
-    let (h, wd) = (g.height, g.width);
-    let mut dx = vec![0.0f64; g.batch * g.channels_in * h * wd];
-    for b in 0..g.batch {
-        for o in 0..g.channels_out {
-            for i in 0..h {
-                for j in 0..wd {
-                    let gv = dy[((b * g.channels_out + o) * h + i) * wd + j] as f64;
-                    for c in 0..g.channels_in {
-                        for p in 0..3 {
-                            for q in 0..3 {
-                                let (yy, xx) = (i + p, j + q);
-                                if yy < 1 || xx < 1 || yy > h || xx > wd {
-                                    continue;
-                                }
-                                let wv = w[((o * g.channels_in + c) * 3 + p) * 3 + q] as f64;
-                                dx[((b * g.channels_in + c) * h + yy - 1) * wd + xx - 1] += gv * wv;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut dx = vec![0.0f64; g.batch * g.channels_in * g.height * g.width];
+    for_each_product(g, |xi, wi, yi| dx[xi] += dy[yi] as f64 * w[wi] as f64);
     dx
 }
 
