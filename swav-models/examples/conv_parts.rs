@@ -71,6 +71,13 @@ fn main() {
         let ofwd = best(|| swav_models::flexconv::conv2d_forward(&xv, &wv, &geo)[0]);
         let oxb = best(|| swav_models::flexconv::conv2d_input_grad(&wv, &gv, &geo)[0]);
         let owb = best(|| swav_models::flexconv::conv2d_weight_grad(&xv, &gv, &geo)[0]);
+        // The im2col path beside it, where the flex convolutions take Winograd's.
+        let im2col = swav_models::winograd::serves(&geo).then(|| {
+            (
+                best(|| swav_models::flexconv::conv2d_forward_im2col(&xv, &wv, &geo)[0]),
+                best(|| swav_models::flexconv::conv2d_input_grad_im2col(&wv, &gv, &geo)[0]),
+            )
+        });
         let gflop = 2.0 * (b * c * c * 9 * so * so) as f64 / 1e9;
         println!(
             "B{b} C{c} {s}px s{stride}: fwd {fwd:.1} ms ({:.1} GF/s)  x-grad {xb:.1} ms ({:.1})  w-grad {wb:.1} ms ({:.1})",
@@ -84,5 +91,12 @@ fn main() {
             gflop / oxb * 1e3,
             gflop / owb * 1e3
         );
+        if let Some((ifwd, ixb)) = im2col {
+            println!(
+                "    (flexconv above: Winograd; its im2col path: fwd {ifwd:.1} ms ({:.1})  x-grad {ixb:.1} ms ({:.1}))",
+                gflop / ifwd * 1e3,
+                gflop / ixb * 1e3
+            );
+        }
     }
 }

@@ -540,22 +540,31 @@ fn gemm_parallelism(batch: usize) -> gemm::Parallelism {
 }
 
 /// The convolution's output, `[B, O, Ho, Wo]` row-major, from the input (`[B, C, H, W]`) and the
-/// weight (`[O, C, kh, kw]`), both contiguous row-major f32: per image, `Y_b = W · col(x_b)`,
-/// or by Winograd's F(2x2, 3x3) ([`crate::winograd`]) for the 3x3 stride-1 "same" convolutions
-/// it serves.
+/// weight (`[O, C, kh, kw]`), both contiguous row-major f32: by Winograd's F(2x2, 3x3)
+/// ([`crate::winograd`]) for the 3x3 stride-1 "same" convolutions it serves, else by
+/// [`conv2d_forward_im2col`].
 ///
 /// # Panics
 /// If the slices' lengths do not match `geometry`.
 pub fn conv2d_forward(x: &[f32], weight: &[f32], geometry: &ConvGeometry) -> Vec<f32> {
+    if crate::winograd::serves(geometry) {
+        crate::winograd::conv3x3_forward(x, weight, geometry)
+    } else {
+        conv2d_forward_im2col(x, weight, geometry)
+    }
+}
+
+/// [`conv2d_forward`] by im2col and one GEMM per image, `Y_b = W · col(x_b)`, for any geometry.
+///
+/// # Panics
+/// If the slices' lengths do not match `geometry`.
+pub fn conv2d_forward_im2col(x: &[f32], weight: &[f32], geometry: &ConvGeometry) -> Vec<f32> {
     let g = geometry;
     let plane_in = g.height * g.width;
     let plane_out = g.out[0] * g.out[1];
     let cols = g.channels_in * g.kernel[0] * g.kernel[1];
     assert_eq!(x.len(), g.batch * g.channels_in * plane_in, "input length");
     assert_eq!(weight.len(), g.channels_out * cols, "weight length");
-    if crate::winograd::serves(g) {
-        return crate::winograd::conv3x3_forward(x, weight, g);
-    }
     let per_image = g.channels_out * plane_out;
     let mut y = vec![0.0f32; g.batch * per_image];
     if per_image == 0 || cols == 0 {
@@ -607,13 +616,30 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], geometry: &ConvGeometry) -> Vec
 }
 
 /// The input gradient, `[B, C, H, W]` row-major, from the weight (`[O, C, kh, kw]`) and the
-/// output gradient (`[B, O, Ho, Wo]`): per image, `dcol = Wᵀ · dY_b`, scattered back by
-/// col2im, or for the convolutions [`crate::winograd`] serves, Winograd's forward over the
-/// output gradient with the flipped, transposed weight.
+/// output gradient (`[B, O, Ho, Wo]`): for the convolutions [`crate::winograd`] serves,
+/// Winograd's forward over the output gradient with the flipped, transposed weight, else
+/// [`conv2d_input_grad_im2col`].
 ///
 /// # Panics
 /// If the slices' lengths do not match `geometry`.
 pub fn conv2d_input_grad(weight: &[f32], output_grad: &[f32], geometry: &ConvGeometry) -> Vec<f32> {
+    if crate::winograd::serves(geometry) {
+        crate::winograd::conv3x3_input_grad(weight, output_grad, geometry)
+    } else {
+        conv2d_input_grad_im2col(weight, output_grad, geometry)
+    }
+}
+
+/// [`conv2d_input_grad`] by one GEMM per image, `dcol = Wᵀ · dY_b`, scattered back by col2im,
+/// for any geometry.
+///
+/// # Panics
+/// If the slices' lengths do not match `geometry`.
+pub fn conv2d_input_grad_im2col(
+    weight: &[f32],
+    output_grad: &[f32],
+    geometry: &ConvGeometry,
+) -> Vec<f32> {
     let g = geometry;
     let plane_in = g.height * g.width;
     let plane_out = g.out[0] * g.out[1];
@@ -624,9 +650,6 @@ pub fn conv2d_input_grad(weight: &[f32], output_grad: &[f32], geometry: &ConvGeo
         g.batch * g.channels_out * plane_out,
         "output gradient length"
     );
-    if crate::winograd::serves(g) {
-        return crate::winograd::conv3x3_input_grad(weight, output_grad, g);
-    }
     let per_image = g.channels_in * plane_in;
     let mut dx = vec![0.0f32; g.batch * per_image];
     if per_image == 0 || plane_out == 0 || cols == 0 {

@@ -16,15 +16,15 @@ use crate::flexconv::ConvGeometry;
 /// Transformed tiles per GEMM (images are grouped until they give about this many).
 const TILES_PER_GEMM: usize = 192;
 
-/// Whether [`conv3x3_forward`] serves this convolution: 3x3, stride 1, padding 1, and enough
-/// channels on both sides for the 16 small GEMMs to beat one large one.
+/// Whether the convolution is one this module computes: 3x3, stride 1, padding 1.
+fn is_same_3x3(g: &ConvGeometry) -> bool {
+    g.kernel == [3, 3] && g.stride == [1, 1] && g.padding == [1, 1] && g.out == [g.height, g.width]
+}
+
+/// Whether the flex convolutions take this module's path: a 3x3, stride-1, padding-1
+/// convolution with enough channels on both sides for the 16 small GEMMs to beat one large one.
 pub fn serves(g: &ConvGeometry) -> bool {
-    g.kernel == [3, 3]
-        && g.stride == [1, 1]
-        && g.padding == [1, 1]
-        && g.out == [g.height, g.width]
-        && g.channels_in >= 16
-        && g.channels_out >= 16
+    is_same_3x3(g) && g.channels_in >= 16 && g.channels_out >= 16
 }
 
 /// `U = G g Gᵀ` for every filter: `[16, O, C]` (the 16 transformed positions outermost, so each
@@ -192,11 +192,17 @@ fn transform_outputs(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]) {
 }
 
 /// The convolution's output `[B, O, H, W]` from the input `[B, C, H, W]` and the weight
-/// `[O, C, 3, 3]` (contiguous row-major f32) for a geometry [`serves`] accepts.
+/// `[O, C, 3, 3]` (contiguous row-major f32) for a 3x3, stride-1, padding-1 geometry (any
+/// channel counts; [`serves`] says when it is the faster path).
 ///
 /// # Panics
-/// If the slices' lengths do not match `geometry`.
+/// If the geometry is not a 3x3, stride-1, padding-1 convolution, or the slices' lengths do not
+/// match it.
 pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert!(
+        is_same_3x3(g),
+        "not a 3x3 stride-1 padding-1 convolution: {g:?}"
+    );
     let (o, c) = (g.channels_out, g.channels_in);
     let plane = g.height * g.width;
     assert_eq!(x.len(), g.batch * c * plane, "input length");
@@ -208,9 +214,7 @@ pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> 
     let u = transform_filters(weight, o, c);
     let tiles_per_image = g.height.div_ceil(2) * g.width.div_ceil(2);
     let threads = rayon::current_num_threads().max(1);
-    let per_group = (TILES_PER_GEMM / tiles_per_image)
-        .clamp(1, g.batch.div_ceil(threads))
-        .max(1);
+    let per_group = (TILES_PER_GEMM / tiles_per_image).clamp(1, g.batch.div_ceil(threads));
     y.par_chunks_mut(per_group * o * plane)
         .enumerate()
         .for_each_init(
@@ -259,7 +263,7 @@ pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> 
     y
 }
 
-/// The input gradient `[B, C, H, W]` of a convolution [`serves`] accepts, from the weight
+/// The input gradient `[B, C, H, W]` of a 3x3, stride-1, padding-1 convolution, from the weight
 /// `[O, C, 3, 3]` and the output gradient `[B, O, H, W]`: the same convolution of the output
 /// gradient with the weight flipped in both axes and its channel axes swapped.
 pub fn conv3x3_input_grad(weight: &[f32], output_grad: &[f32], g: &ConvGeometry) -> Vec<f32> {

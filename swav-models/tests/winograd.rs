@@ -136,3 +136,12 @@ fn only_3x3_stride_one_same_convolutions_with_enough_channels_are_served() {
     one.padding = [0, 0];
     assert!(!serves(&one));
 }
+
+#[test]
+#[should_panic(expected = "not a 3x3 stride-1 padding-1 convolution")]
+fn a_strided_geometry_is_refused() {
+    let mut g = geometry(1, 16, 8, 8, 16);
+    g.stride = [2, 2];
+    g.out = [4, 4];
+    conv3x3_forward(&values(16 * 64, 1), &values(16 * 16 * 9, 2), &g);
+}
