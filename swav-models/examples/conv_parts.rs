@@ -73,9 +73,12 @@ fn main() {
         let owb = best(|| swav_models::flexconv::conv2d_weight_grad(&xv, &gv, &geo)[0]);
         // The im2col path beside it, where the flex convolutions take Winograd's.
         let im2col = swav_models::winograd::serves(&geo).then(|| {
+            use swav_models::winograd::{Tile, conv3x3_forward_with, conv3x3_input_grad_with};
             (
                 best(|| swav_models::flexconv::conv2d_forward_im2col(&xv, &wv, &geo)[0]),
                 best(|| swav_models::flexconv::conv2d_input_grad_im2col(&wv, &gv, &geo)[0]),
+                best(|| conv3x3_forward_with(Tile::F2, &xv, &wv, &geo)[0]),
+                best(|| conv3x3_input_grad_with(Tile::F2, &wv, &gv, &geo)[0]),
             )
         });
         let gflop = 2.0 * (b * c * c * 9 * so * so) as f64 / 1e9;
@@ -91,11 +94,17 @@ fn main() {
             gflop / oxb * 1e3,
             gflop / owb * 1e3
         );
-        if let Some((ifwd, ixb)) = im2col {
+        if let Some((ifwd, ixb, f2fwd, f2xb)) = im2col {
             println!(
-                "    (flexconv above: Winograd; its im2col path: fwd {ifwd:.1} ms ({:.1})  x-grad {ixb:.1} ms ({:.1}))",
+                "    (flexconv above: Winograd {:?}; its im2col path: fwd {ifwd:.1} ms ({:.1})  x-grad {ixb:.1} ms ({:.1});",
+                swav_models::winograd::DEFAULT_TILE,
                 gflop / ifwd * 1e3,
                 gflop / ixb * 1e3
+            );
+            println!(
+                "     Winograd F2: fwd {f2fwd:.1} ms ({:.1})  x-grad {f2xb:.1} ms ({:.1}))",
+                gflop / f2fwd * 1e3,
+                gflop / f2xb * 1e3
             );
         }
     }

@@ -540,7 +540,7 @@ fn gemm_parallelism(batch: usize) -> gemm::Parallelism {
 }
 
 /// The convolution's output, `[B, O, Ho, Wo]` row-major, from the input (`[B, C, H, W]`) and the
-/// weight (`[O, C, kh, kw]`), both contiguous row-major f32: by Winograd's F(2x2, 3x3)
+/// weight (`[O, C, kh, kw]`), both contiguous row-major f32: by Winograd's F(4x4, 3x3)
 /// ([`crate::winograd`]) for the 3x3 stride-1 "same" convolutions it serves, else by
 /// [`conv2d_forward_im2col`].
 ///

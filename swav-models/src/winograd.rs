@@ -1,12 +1,15 @@
-//! 3x3, stride-1, padding-1 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin &
-//! Gray, 2016): every 2x2 output tile from a 4x4 input tile with 16 multiplications per input
-//! and output channel pair instead of 36, as 16 GEMMs over the transformed tiles. The forward and
-//! (with the weight flipped and transposed) the input gradient of a ResNet's 3x3 convolutions.
+//! 3x3, stride-1, padding-1 convolutions by Winograd's minimal filtering (Lavin & Gray, 2016):
+//! the output in `m x m` tiles, each from an `(m + 2) x (m + 2)` input tile, as `(m + 2)²` GEMMs
+//! over the transformed tiles, with [`Tile::F4`] (F(4x4, 3x3): 36 multiplications per input and
+//! output channel pair for 16 outputs instead of 144) by default and [`Tile::F2`] (F(2x2, 3x3):
+//! 16 for 4 instead of 36) on request. The forward and (with the weight flipped and transposed)
+//! the input gradient of a ResNet's 3x3 convolutions.
 //!
-//! With `d` a 4x4 input tile and `g` a 3x3 filter: `U = G g Gᵀ`, `V = Bᵀ d B`, and the 2x2
-//! output `Y = Aᵀ (Σ_c U ⊙ V) A`, where
+//! With `d` an input tile and `g` a 3x3 filter: `U = G g Gᵀ`, `V = Bᵀ d B`, and the output
+//! tile `Y = Aᵀ (Σ_c U ⊙ V) A`. For F(2x2, 3x3):
 //! `Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`,
-//! `G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]]`, `Aᵀ = [[1,1,1,0],[0,1,-1,-1]]`.
+//! `G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]]`, `Aᵀ = [[1,1,1,0],[0,1,-1,-1]]`; F(4x4, 3x3)'s
+//! matrices are in this file's `bt_f4`, `G_F4` and `at_f4`.
 #![allow(unsafe_code)]
 
 use rayon::prelude::*;
@@ -22,37 +25,46 @@ fn is_same_3x3(g: &ConvGeometry) -> bool {
 }
 
 /// Whether the flex convolutions take this module's path: a 3x3, stride-1, padding-1
-/// convolution with enough channels on both sides for the 16 small GEMMs to beat one large one.
+/// convolution with enough channels on both sides for the small per-position GEMMs to beat one large one.
 pub fn serves(g: &ConvGeometry) -> bool {
     is_same_3x3(g) && g.channels_in >= 16 && g.channels_out >= 16
 }
 
-/// `U = G g Gᵀ` for every filter: `[16, O, C]` (the 16 transformed positions outermost, so each
-/// position's `O x C` matrix is contiguous).
-fn transform_filters(weight: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut u = vec![0.0f32; 16 * o * c];
-    let oc = o * c;
-    for (f, g) in weight.chunks_exact(9).enumerate() {
-        // rows: t = G g (4x3)
-        let mut t = [[0.0f32; 3]; 4];
-        for col in 0..3 {
-            let (g0, g1, g2) = (g[col], g[3 + col], g[6 + col]);
-            t[0][col] = g0;
-            t[1][col] = 0.5 * (g0 + g1 + g2);
-            t[2][col] = 0.5 * (g0 - g1 + g2);
-            t[3][col] = g2;
-        }
-        // columns: t Gᵀ (4x4)
-        for (r, row) in t.iter().enumerate() {
-            let (g0, g1, g2) = (row[0], row[1], row[2]);
-            let vals = [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2];
-            for (s, v) in vals.into_iter().enumerate() {
-                u[(r * 4 + s) * oc + f] = v;
-            }
+/// The output tile of a Winograd scheme for 3x3 filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// F(2x2, 3x3): each 2x2 output tile from a 4x4 input tile, 16 products per channel pair
+    /// for 4 outputs (2.25x fewer than direct). The transforms only add and halve.
+    F2,
+    /// F(4x4, 3x3): each 4x4 output tile from a 6x6 input tile, 36 products per channel pair
+    /// for 16 outputs (4x fewer than direct), at the cost of larger transform coefficients (up
+    /// to 8) and so a larger rounding error: about 1e-6 to 1e-5 of the output's scale in f32
+    /// against 1e-7 for F2 (see `tests/winograd.rs`).
+    F4,
+}
+
+impl Tile {
+    /// The output tile's side.
+    pub fn output(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
         }
     }
-    u
+
+    /// The input tile's side (the output's plus the filter's 3 less one).
+    pub fn input(self) -> usize {
+        self.output() + 2
+    }
+
+    /// Transformed positions per tile: one small GEMM each.
+    pub fn positions(self) -> usize {
+        self.input() * self.input()
+    }
 }
+
+/// The tile [`conv3x3_forward`] and [`conv3x3_input_grad`] (and so the flex convolutions) use.
+pub const DEFAULT_TILE: Tile = Tile::F4;
 
 /// `V = Bᵀ d B` for the tiles of `count` images starting at `first`: `v` is `[16, C, T]` with
 /// `T = count · tiles per image`. Worked one row of tiles at a time, as whole-row vector
@@ -191,14 +203,283 @@ fn transform_outputs(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]) {
     }
 }
 
+/// `G` of F(2x2, 3x3) (4x3).
+const G_F2: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+
+/// `G` of F(4x4, 3x3) (6x3).
+const G_F4: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `U = G g Gᵀ` for every filter, as `[O, P, C]`: output channel outermost, then the `P`
+/// transformed positions, so position `p`'s `O x C` matrix starts at `p·C` with row stride
+/// `P·C`. With `flip`, the filters of the input gradient instead (`o` and `c` still name the
+/// forward weight's `[O, C, 3, 3]`; the result is `[C, P, O]`): channel axes swapped, both
+/// spatial axes flipped.
+///
+/// Position `(r, s)` is `Σ_(i, j) G[r][i]·G[s][j]·g[i][j]`: per output channel, the taps of its
+/// filters gathered into nine rows, then one vector pass per position over the non-zero
+/// coefficients (products taken in f64, rounded once to f32). Output channels are spread over
+/// the threads; each one's work stays in the L1/L2 cache.
+fn transform_filters(weight: &[f32], o: usize, c: usize, flip: bool, tile: Tile) -> Vec<f32> {
+    let g: &[[f64; 3]] = match tile {
+        Tile::F2 => &G_F2,
+        Tile::F4 => &G_F4,
+    };
+    let n = g.len();
+    let positions = n * n;
+    let coefs: Vec<[f32; 9]> = (0..positions)
+        .map(|pos| {
+            let (r, s) = (pos / n, pos % n);
+            std::array::from_fn(|k| (g[r][k / 3] * g[s][k % 3]) as f32)
+        })
+        .collect();
+    let (rows, inner) = if flip { (c, o) } else { (o, c) };
+    let mut u = vec![0.0f32; rows * positions * inner];
+    u.par_chunks_mut((positions * inner).max(1))
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; 9 * inner],
+            |taps, (row, out)| {
+                // taps[k · inner + j]: tap k of this output channel's filter from input channel j.
+                for j in 0..inner {
+                    for k in 0..9 {
+                        taps[k * inner + j] = if flip {
+                            weight[(j * c + row) * 9 + 8 - k]
+                        } else {
+                            weight[(row * c + j) * 9 + k]
+                        };
+                    }
+                }
+                for (coef, dst) in coefs.iter().zip(out.chunks_exact_mut(inner.max(1))) {
+                    for (k, &a) in coef.iter().enumerate() {
+                        if a == 0.0 {
+                            continue;
+                        }
+                        for (d, t) in dst.iter_mut().zip(&taps[k * inner..(k + 1) * inner]) {
+                            *d += a * t;
+                        }
+                    }
+                }
+            },
+        );
+    u
+}
+
+/// `Bᵀ` of F(4x4, 3x3) applied to six values:
+/// `Bᵀ = [[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],[0,2,-1,-2,1,0],
+/// [0,4,0,-5,0,1]]`.
+#[inline(always)]
+fn bt_f4(a: f32, b: f32, c: f32, d: f32, e: f32, f: f32) -> [f32; 6] {
+    [
+        4.0 * a - 5.0 * c + e,
+        (d + e) - 4.0 * (b + c),
+        (e - d) + 4.0 * (b - c),
+        (e - c) + 2.0 * (d - b),
+        (e - c) + 2.0 * (b - d),
+        4.0 * b - 5.0 * d + f,
+    ]
+}
+
+/// `Aᵀ` of F(4x4, 3x3) applied to six values:
+/// `Aᵀ = [[1,1,1,1,1,0],[0,1,-1,2,-2,0],[0,1,1,4,4,0],[0,1,-1,8,-8,1]]`.
+#[inline(always)]
+fn at_f4(m0: f32, m1: f32, m2: f32, m3: f32, m4: f32, m5: f32) -> [f32; 4] {
+    let (sum12, dif12) = (m1 + m2, m1 - m2);
+    let (sum34, dif34) = (m3 + m4, m3 - m4);
+    [
+        m0 + sum12 + sum34,
+        dif12 + 2.0 * dif34,
+        sum12 + 4.0 * sum34,
+        dif12 + 8.0 * dif34 + m5,
+    ]
+}
+
+/// `buf` (at least `R · len` long) as its first `R` rows of `len` values.
+fn rows_mut<const R: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; R] {
+    let mut rest = buf;
+    std::array::from_fn(|_| {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        head
+    })
+}
+
+/// `buf` (at least `R · len` long) as its first `R` rows of `len` values.
+fn rows<const R: usize>(buf: &[f32], len: usize) -> [&[f32]; R] {
+    std::array::from_fn(|r| &buf[r * len..(r + 1) * len])
+}
+
+/// `V = Bᵀ d B` of F(4x4, 3x3) for the tiles of `count` images starting at `first`: `v` is
+/// `[36, C, T]` with `T = count · tiles per image`. One row of tiles at a time: the row
+/// transform over the six padded input rows, then the column transform over the four column
+/// phases (tile `tx` reads padded columns `4tx .. 4tx + 5`).
+fn transform_inputs_f4(x: &[f32], g: &ConvGeometry, first: usize, count: usize, v: &mut [f32]) {
+    let (h, w) = (g.height, g.width);
+    let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
+    let tiles = count * th * tw;
+    let ct = g.channels_in * tiles;
+    let plane = h * w;
+    // Padded rows hold input columns -1 .. 4·tw + 2 (zero outside the image): every phase
+    // then has tw + 1 values.
+    let len = 4 * tw + 4;
+    let mut d = vec![0.0f32; 6 * len];
+    let mut t = vec![0.0f32; 6 * len];
+    let mut phases = vec![0.0f32; 4 * (tw + 1)];
+    for n in 0..count {
+        let img = &x[(first + n) * g.channels_in * plane..(first + n + 1) * g.channels_in * plane];
+        for c in 0..g.channels_in {
+            let p = &img[c * plane..(c + 1) * plane];
+            for ty in 0..th {
+                for r in 0..6 {
+                    let row = &mut d[r * len..(r + 1) * len];
+                    row.fill(0.0);
+                    let y = (4 * ty + r) as isize - 1;
+                    if y >= 0 && (y as usize) < h {
+                        let y = y as usize;
+                        row[1..1 + w].copy_from_slice(&p[y * w..(y + 1) * w]);
+                    }
+                }
+                {
+                    // rows: t = Bᵀ d
+                    let [d0, d1, d2, d3, d4, d5] = rows::<6>(&d, len);
+                    let [t0, t1, t2, t3, t4, t5] = rows_mut::<6>(&mut t, len);
+                    for k in 0..len {
+                        let r = bt_f4(d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]);
+                        t0[k] = r[0];
+                        t1[k] = r[1];
+                        t2[k] = r[2];
+                        t3[k] = r[3];
+                        t4[k] = r[4];
+                        t5[k] = r[5];
+                    }
+                }
+                let col = c * tiles + (n * th + ty) * tw;
+                for r in 0..6 {
+                    let tr = &t[r * len..(r + 1) * len];
+                    let [p0, p1, p2, p3] = rows_mut::<4>(&mut phases, tw + 1);
+                    for k in 0..=tw {
+                        p0[k] = tr[4 * k];
+                        p1[k] = tr[4 * k + 1];
+                        p2[k] = tr[4 * k + 2];
+                        p3[k] = tr[4 * k + 3];
+                    }
+                    // columns: with a .. f = padded columns 4tx .. 4tx + 5
+                    let block = &mut v[r * 6 * ct..(r + 1) * 6 * ct];
+                    let [v0, v1, v2, v3, v4, v5] = rows_mut::<6>(block, ct);
+                    let (v0, v1, v2) = (
+                        &mut v0[col..col + tw],
+                        &mut v1[col..col + tw],
+                        &mut v2[col..col + tw],
+                    );
+                    let (v3, v4, v5) = (
+                        &mut v3[col..col + tw],
+                        &mut v4[col..col + tw],
+                        &mut v5[col..col + tw],
+                    );
+                    for k in 0..tw {
+                        let s = bt_f4(p0[k], p1[k], p2[k], p3[k], p0[k + 1], p1[k + 1]);
+                        v0[k] = s[0];
+                        v1[k] = s[1];
+                        v2[k] = s[2];
+                        v3[k] = s[3];
+                        v4[k] = s[4];
+                        v5[k] = s[5];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Y = Aᵀ M A` of F(4x4, 3x3) for every output channel and tile of `count` images, written
+/// into `y` (those images' `[count, O, H, W]` block). `m` is `[36, O, T]`. One row of tiles at
+/// a time, as in [`transform_inputs_f4`].
+fn transform_outputs_f4(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]) {
+    let (h, w) = (g.height, g.width);
+    let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
+    let tiles = count * th * tw;
+    let ot = g.channels_out * tiles;
+    let plane = h * w;
+    // t[s · 4 + a]: the row transform Aᵀ M for output row a of the tile and column s, over tx.
+    let mut t = vec![0.0f32; 24 * tw];
+    let mut quad = vec![0.0f32; 4 * tw];
+    for n in 0..count {
+        for o in 0..g.channels_out {
+            let out = &mut y[(n * g.channels_out + o) * plane..][..plane];
+            for ty in 0..th {
+                let col = o * tiles + (n * th + ty) * tw;
+                for s in 0..6 {
+                    let [m0, m1, m2, m3, m4, m5]: [&[f32]; 6] =
+                        std::array::from_fn(|r| &m[(r * 6 + s) * ot + col..][..tw]);
+                    let [t0, t1, t2, t3] = rows_mut::<4>(&mut t[s * 4 * tw..], tw);
+                    for k in 0..tw {
+                        let r = at_f4(m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]);
+                        t0[k] = r[0];
+                        t1[k] = r[1];
+                        t2[k] = r[2];
+                        t3[k] = r[3];
+                    }
+                }
+                for a in 0..4 {
+                    let yy = 4 * ty + a;
+                    if yy >= h {
+                        continue;
+                    }
+                    let [s0, s1, s2, s3, s4, s5]: [&[f32]; 6] =
+                        std::array::from_fn(|s| &t[(s * 4 + a) * tw..][..tw]);
+                    let [q0, q1, q2, q3] = rows_mut::<4>(&mut quad, tw);
+                    for k in 0..tw {
+                        let r = at_f4(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k]);
+                        q0[k] = r[0];
+                        q1[k] = r[1];
+                        q2[k] = r[2];
+                        q3[k] = r[3];
+                    }
+                    let row = &mut out[yy * w..(yy + 1) * w];
+                    for (k, chunk) in row.chunks_mut(4).enumerate() {
+                        let vals = [q0[k], q1[k], q2[k], q3[k]];
+                        chunk.copy_from_slice(&vals[..chunk.len()]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The convolution's output `[B, O, H, W]` from the input `[B, C, H, W]` and the weight
 /// `[O, C, 3, 3]` (contiguous row-major f32) for a 3x3, stride-1, padding-1 geometry (any
-/// channel counts; [`serves`] says when it is the faster path).
+/// channel counts; [`serves`] says when it is the faster path), with the [`DEFAULT_TILE`].
 ///
 /// # Panics
 /// If the geometry is not a 3x3, stride-1, padding-1 convolution, or the slices' lengths do not
 /// match it.
 pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    conv3x3_forward_with(DEFAULT_TILE, x, weight, g)
+}
+
+/// [`conv3x3_forward`] with the given tile.
+///
+/// # Panics
+/// As [`conv3x3_forward`].
+pub fn conv3x3_forward_with(tile: Tile, x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (o, c) = (g.channels_out, g.channels_in);
+    assert_eq!(weight.len(), o * c * 9, "weight length");
+    forward_transformed(tile, x, &transform_filters(weight, o, c, false, tile), g)
+}
+
+/// The forward of a 3x3, stride-1, padding-1 convolution from its [`transform_filters`].
+fn forward_transformed(tile: Tile, x: &[f32], u: &[f32], g: &ConvGeometry) -> Vec<f32> {
     assert!(
         is_same_3x3(g),
         "not a 3x3 stride-1 padding-1 convolution: {g:?}"
@@ -206,13 +487,17 @@ pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> 
     let (o, c) = (g.channels_out, g.channels_in);
     let plane = g.height * g.width;
     assert_eq!(x.len(), g.batch * c * plane, "input length");
-    assert_eq!(weight.len(), o * c * 9, "weight length");
+    assert_eq!(
+        u.len(),
+        o * c * tile.positions(),
+        "transformed filters' length"
+    );
     let mut y = vec![0.0f32; g.batch * o * plane];
     if y.is_empty() {
         return y;
     }
-    let u = transform_filters(weight, o, c);
-    let tiles_per_image = g.height.div_ceil(2) * g.width.div_ceil(2);
+    let positions = tile.positions();
+    let tiles_per_image = g.height.div_ceil(tile.output()) * g.width.div_ceil(tile.output());
     let threads = rayon::current_num_threads().max(1);
     let per_group = (TILES_PER_GEMM / tiles_per_image).clamp(1, g.batch.div_ceil(threads));
     y.par_chunks_mut(per_group * o * plane)
@@ -223,16 +508,20 @@ pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> 
                 let first = k * per_group;
                 let count = yg.len() / (o * plane);
                 let tiles = count * tiles_per_image;
-                v.resize(16 * c * tiles, 0.0);
-                m.resize(16 * o * tiles, 0.0);
-                transform_inputs(x, g, first, count, v);
-                for pos in 0..16 {
-                    let up = &u[pos * o * c..(pos + 1) * o * c];
+                v.resize(positions * c * tiles, 0.0);
+                m.resize(positions * o * tiles, 0.0);
+                match tile {
+                    Tile::F2 => transform_inputs(x, g, first, count, v),
+                    Tile::F4 => transform_inputs_f4(x, g, first, count, v),
+                }
+                for pos in 0..positions {
+                    let up = &u[pos * c..];
                     let vp = &v[pos * c * tiles..(pos + 1) * c * tiles];
                     let mp = &mut m[pos * o * tiles..(pos + 1) * o * tiles];
-                    // SAFETY: mp is o x tiles (row stride tiles), up o x c (row stride c), vp
-                    // c x tiles (row stride tiles): the slices above have exactly these lengths;
-                    // mp does not overlap the others.
+                    // SAFETY: mp is o x tiles (row stride tiles), vp c x tiles (row stride
+                    // tiles): the slices above have exactly these lengths. up is o x c with row
+                    // stride positions·c: its last element, (o - 1)·positions·c + c - 1, lies
+                    // within u[pos·c..] since pos < positions. mp overlaps neither.
                     unsafe {
                         gemm::gemm(
                             o,
@@ -244,7 +533,7 @@ pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> 
                             false,
                             up.as_ptr(),
                             1,
-                            c as isize,
+                            (positions * c) as isize,
                             vp.as_ptr(),
                             1,
                             tiles as isize,
@@ -257,7 +546,10 @@ pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> 
                         );
                     }
                 }
-                transform_outputs(m, g, count, yg);
+                match tile {
+                    Tile::F2 => transform_outputs(m, g, count, yg),
+                    Tile::F4 => transform_outputs_f4(m, g, count, yg),
+                }
             },
         );
     y
@@ -265,22 +557,26 @@ pub fn conv3x3_forward(x: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f32> 
 
 /// The input gradient `[B, C, H, W]` of a 3x3, stride-1, padding-1 convolution, from the weight
 /// `[O, C, 3, 3]` and the output gradient `[B, O, H, W]`: the same convolution of the output
-/// gradient with the weight flipped in both axes and its channel axes swapped.
+/// gradient with the weight flipped in both axes and its channel axes swapped, with the
+/// [`DEFAULT_TILE`].
 pub fn conv3x3_input_grad(weight: &[f32], output_grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    conv3x3_input_grad_with(DEFAULT_TILE, weight, output_grad, g)
+}
+
+/// [`conv3x3_input_grad`] with the given tile.
+pub fn conv3x3_input_grad_with(
+    tile: Tile,
+    weight: &[f32],
+    output_grad: &[f32],
+    g: &ConvGeometry,
+) -> Vec<f32> {
     let (o, c) = (g.channels_out, g.channels_in);
     assert_eq!(weight.len(), o * c * 9, "weight length");
-    let mut flipped = vec![0.0f32; c * o * 9];
-    for oo in 0..o {
-        for cc in 0..c {
-            for k in 0..9 {
-                flipped[(cc * o + oo) * 9 + 8 - k] = weight[(oo * c + cc) * 9 + k];
-            }
-        }
-    }
     let transposed = ConvGeometry {
         channels_in: o,
         channels_out: c,
         ..g.clone()
     };
-    conv3x3_forward(output_grad, &flipped, &transposed)
+    let u = transform_filters(weight, o, c, true, tile);
+    forward_transformed(tile, output_grad, &u, &transposed)
 }

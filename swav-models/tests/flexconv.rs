@@ -12,7 +12,7 @@ type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
 /// Cases 8 and 9 put several images into one GEMM (few output positions; the last group short);
 /// the last four are 3x3 stride-1 "same" convolutions with 16 channels or more, which the
-/// forward and the input gradient compute by Winograd's F(2x2, 3x3) (odd, non-square, 1x1).
+/// forward and the input gradient compute by Winograd's F(4x4, 3x3) (odd, non-square, 1x1).
 const CASES: [Case; 13] = [
     (2, 3, 9, 7, 4, 3, 1, 1),
     (3, 5, 10, 10, 6, 3, 2, 1),

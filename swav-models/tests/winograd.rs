@@ -1,8 +1,12 @@
-//! Winograd F(2x2, 3x3) convolutions (`swav_models::winograd`) against plain f64 loops: the
-//! forward and the input gradient, on odd, non-square, 1x1 and 2x2 images, batch 1 and larger.
+//! Winograd convolutions (`swav_models::winograd`, both tiles: F(2x2, 3x3) and F(4x4, 3x3))
+//! against plain f64 loops: the forward and the input gradient, on odd, non-square, 1x1 and 2x2
+//! images, batch 1 and larger.
 
 use swav_models::flexconv::ConvGeometry;
-use swav_models::winograd::{conv3x3_forward, conv3x3_input_grad, serves};
+use swav_models::winograd::{
+    DEFAULT_TILE, Tile, conv3x3_forward, conv3x3_forward_with, conv3x3_input_grad,
+    conv3x3_input_grad_with, serves,
+};
 
 fn geometry(b: usize, c: usize, h: usize, w: usize, o: usize) -> ConvGeometry {
     ConvGeometry {
@@ -76,46 +80,85 @@ fn input_grad_f64(w: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f64> {
     dx
 }
 
-fn assert_close(name: &str, got: &[f32], want: &[f64], g: &ConvGeometry) {
+/// Asserts every element within `tolerance` of the largest reference value; returns the largest
+/// error relative to that scale.
+fn assert_close(name: &str, got: &[f32], want: &[f64], g: &ConvGeometry, tolerance: f64) -> f64 {
     assert_eq!(got.len(), want.len(), "{name} length");
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let mut worst = 0.0f64;
     for (i, (a, r)) in got.iter().zip(want).enumerate() {
+        let err = (*a as f64 - r).abs() / scale;
+        worst = worst.max(err);
         assert!(
-            (*a as f64 - r).abs() <= 2e-6 * scale,
-            "{name} {g:?} element {i}: {a} vs {r}"
+            err <= tolerance,
+            "{name} {g:?} element {i}: {a} vs {r} (error {err:e} of the scale)"
         );
+    }
+    worst
+}
+
+/// The bound each tile is held to, relative to the output's largest value.
+fn tolerance(tile: Tile) -> f64 {
+    match tile {
+        Tile::F2 => 2e-6,
+        Tile::F4 => 1e-5,
     }
 }
 
 #[test]
 fn forward_and_input_gradient_match_plain_loops() {
-    // (batch, channels in, height, width, channels out)
-    for (b, c, h, w, o) in [
-        (2, 16, 9, 7, 17),
-        (3, 20, 4, 4, 16),
-        (1, 16, 1, 1, 16),
-        (5, 16, 2, 3, 18),
-        (2, 24, 8, 8, 32),
-        (9, 16, 5, 6, 16),
-    ] {
-        let g = geometry(b, c, h, w, o);
-        assert!(serves(&g));
-        let x = values(b * c * h * w, 1 + b as u64);
-        let wt = values(o * c * 9, 7 + c as u64);
-        let dy = values(b * o * h * w, 3 + o as u64);
-        assert_close(
-            "output",
-            &conv3x3_forward(&x, &wt, &g),
-            &forward_f64(&x, &wt, &g),
-            &g,
-        );
-        assert_close(
-            "input gradient",
-            &conv3x3_input_grad(&wt, &dy, &g),
-            &input_grad_f64(&wt, &dy, &g),
-            &g,
-        );
+    for tile in [Tile::F2, Tile::F4] {
+        let mut worst = 0.0f64;
+        // (batch, channels in, height, width, channels out)
+        for (b, c, h, w, o) in [
+            (2, 16, 9, 7, 17),
+            (3, 20, 4, 4, 16),
+            (1, 16, 1, 1, 16),
+            (5, 16, 2, 3, 18),
+            (2, 24, 8, 8, 32),
+            (9, 16, 5, 6, 16),
+            (2, 64, 13, 10, 16),
+            (1, 16, 3, 11, 20),
+        ] {
+            let g = geometry(b, c, h, w, o);
+            assert!(serves(&g));
+            let x = values(b * c * h * w, 1 + b as u64);
+            let wt = values(o * c * 9, 7 + c as u64);
+            let dy = values(b * o * h * w, 3 + o as u64);
+            let bound = tolerance(tile);
+            worst = worst.max(assert_close(
+                &format!("{tile:?} output"),
+                &conv3x3_forward_with(tile, &x, &wt, &g),
+                &forward_f64(&x, &wt, &g),
+                &g,
+                bound,
+            ));
+            worst = worst.max(assert_close(
+                &format!("{tile:?} input gradient"),
+                &conv3x3_input_grad_with(tile, &wt, &dy, &g),
+                &input_grad_f64(&wt, &dy, &g),
+                &g,
+                bound,
+            ));
+        }
+        println!("{tile:?}: largest error {worst:e} of the output's scale");
     }
+}
+
+#[test]
+fn the_default_tile_is_what_the_plain_calls_use() {
+    let g = geometry(3, 16, 6, 9, 24);
+    let x = values(3 * 16 * 54, 11);
+    let wt = values(24 * 16 * 9, 12);
+    let dy = values(3 * 24 * 54, 13);
+    assert_eq!(
+        conv3x3_forward(&x, &wt, &g),
+        conv3x3_forward_with(DEFAULT_TILE, &x, &wt, &g)
+    );
+    assert_eq!(
+        conv3x3_input_grad(&wt, &dy, &g),
+        conv3x3_input_grad_with(DEFAULT_TILE, &wt, &dy, &g)
+    );
 }
 
 #[test]
