@@ -392,11 +392,184 @@ fn gather_group(
 
 /// The weight gradient of a convolution without groups or dilation, `[O, C, kh, kw]` row-major,
 /// from the input `x` (`[B, C, H, W]`) and the output gradient (`[B, O, Ho, Wo]`), both
-/// contiguous row-major f32.
+/// contiguous row-major f32: by [`conv3x3_weight_grad_shifted`] for the 3x3 stride-1 "same"
+/// convolutions with at least 16 channels on each side and images of about 17x17 or more, else
+/// by [`conv2d_weight_grad_im2col`].
 ///
 /// # Panics
 /// If the slices' lengths do not match `geometry`.
 pub fn conv2d_weight_grad(x: &[f32], output_grad: &[f32], geometry: &ConvGeometry) -> Vec<f32> {
+    if shifted_serves(geometry) {
+        conv3x3_weight_grad_shifted(x, output_grad, geometry)
+    } else {
+        conv2d_weight_grad_im2col(x, output_grad, geometry)
+    }
+}
+
+/// Whether [`conv2d_weight_grad`] takes [`conv3x3_weight_grad_shifted`]: a 3x3 stride-1 "same"
+/// convolution with at least 16 channels on each side whose images are large enough that the
+/// laid-out rows' extra zeros (one per row and one row per image) add at most 1/8 to the GEMM
+/// depth. On smaller images the im2col path is as fast or faster (`cargo run --release -p
+/// swav-models --example conv_parts`: at 4x4 the zeros add 56 %).
+fn shifted_serves(g: &ConvGeometry) -> bool {
+    crate::winograd::serves(g) && 8 * (g.height + 1) * (g.width + 1) <= 9 * g.height * g.width
+}
+
+/// Images of one group laid out for [`conv3x3_weight_grad_shifted`]: per channel, a margin of
+/// `W + 2` zeros, then each image's rows of `W` values each followed by one zero, each image
+/// followed by a zero row, then the margin again. The zero after a row is that row's right
+/// padding and the next row's left padding; the zero row is the bottom padding of one image and
+/// the top padding of the next. Returns the length per channel.
+fn lay_out_shifted(
+    t: &[f32],
+    channels: usize,
+    g: &ConvGeometry,
+    first: usize,
+    count: usize,
+    out: &mut Vec<f32>,
+) -> usize {
+    let (h, w) = (g.height, g.width);
+    let row = w + 1;
+    let margin = row + 1;
+    let len = 2 * margin + count * (h + 1) * row;
+    out.clear();
+    out.resize(channels * len, 0.0);
+    let plane = h * w;
+    for (ch, dst) in out.chunks_exact_mut(len).enumerate() {
+        for k in 0..count {
+            let src = &t[((first + k) * channels + ch) * plane..][..plane];
+            let base = margin + k * (h + 1) * row;
+            for (y, line) in src.chunks_exact(w).enumerate() {
+                dst[base + y * row..base + y * row + w].copy_from_slice(line);
+            }
+        }
+    }
+    len
+}
+
+/// The weight gradient of a 3x3, stride-1, padding-1 convolution without an im2col matrix:
+/// with the input and the output gradient laid out as rows of `W + 1` (see
+/// [`lay_out_shifted`]), the input a tap `(i, j)` reads for every output position is the
+/// input laid out the same way and shifted by `(i - 1)·(W + 1) + j - 1`, so each tap's
+/// `O x C` gradient is one GEMM of the output gradient against the shifted input, both read
+/// where they lie (the output gradient's zeros cancel what the shift brings in from padding or
+/// from a neighbouring image). Images are grouped for a GEMM depth of about 1024 positions;
+/// the groups are spread over the threads, each with its own `[9, O, C]` accumulator. Same
+/// arguments, result and panics as [`conv2d_weight_grad`]; any channel counts.
+///
+/// # Panics
+/// If the geometry is not a 3x3, stride-1, padding-1 convolution, or the slices' lengths do
+/// not match it.
+pub fn conv3x3_weight_grad_shifted(x: &[f32], output_grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert!(
+        g.kernel == [3, 3]
+            && g.stride == [1, 1]
+            && g.padding == [1, 1]
+            && g.out == [g.height, g.width],
+        "not a 3x3 stride-1 padding-1 convolution: {g:?}"
+    );
+    let (o, c) = (g.channels_out, g.channels_in);
+    let (h, w) = (g.height, g.width);
+    assert_eq!(x.len(), g.batch * c * h * w, "input length");
+    assert_eq!(
+        output_grad.len(),
+        g.batch * o * h * w,
+        "output gradient length"
+    );
+    let size = o * c * 9;
+    if g.batch == 0 || h * w == 0 || size == 0 {
+        return vec![0.0; size];
+    }
+    let row = w + 1;
+    let per_image = (h + 1) * row;
+    let threads = rayon::current_num_threads().max(1);
+    let group = (SHIFTED_DEPTH / per_image).clamp(1, g.batch.div_ceil(threads));
+    let groups = g.batch.div_ceil(group);
+    let parts = threads.clamp(1, groups);
+    let groups_per_part = groups.div_ceil(parts);
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            // acc[t, o, c]: tap t's gradient.
+            let mut acc = vec![0.0f32; size];
+            let (mut xs, mut dys) = (Vec::new(), Vec::new());
+            let first_group = part * groups_per_part;
+            let last_group = ((part + 1) * groups_per_part).min(groups);
+            for (n, gi) in (first_group..last_group).enumerate() {
+                let first = gi * group;
+                let count = group.min(g.batch - first);
+                let x_len = lay_out_shifted(x, c, g, first, count, &mut xs);
+                let dy_len = lay_out_shifted(output_grad, o, g, first, count, &mut dys);
+                let margin = row + 1;
+                let depth = count * per_image;
+                for tap in 0..9 {
+                    let (i, j) = (tap / 3, tap % 3);
+                    let start = margin + i * row + j - row - 1;
+                    let dst = &mut acc[tap * o * c..(tap + 1) * o * c];
+                    // dst[O, C] (+)= dY[O, depth] · shifted(X)[depth, C]
+                    #[allow(unsafe_code)]
+                    // SAFETY: dst is o x c (row stride c). The output gradient is read as
+                    // o x depth from dys[margin..] with row stride dy_len: its last element,
+                    // (o - 1)·dy_len + margin + depth - 1, is within dys (o·dy_len long, as
+                    // margin + depth < dy_len). The input is read as depth x c from xs[start..]
+                    // with column stride x_len: start + depth - 1 + (c - 1)·x_len is within xs
+                    // as start <= 2·margin and 2·margin + depth = x_len. No buffers overlap.
+                    unsafe {
+                        gemm::gemm(
+                            o,
+                            c,
+                            depth,
+                            dst.as_mut_ptr(),
+                            1,
+                            c as isize,
+                            n > 0,
+                            dys[margin..].as_ptr(),
+                            1,
+                            dy_len as isize,
+                            xs[start..].as_ptr(),
+                            x_len as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    // Sum the parts and reorder [9, O, C] to [O, C, 9].
+    let mut out = vec![0.0f32; size];
+    out.par_chunks_mut(c * 9).enumerate().for_each(|(oo, dst)| {
+        for partial in &partials {
+            for (tap, src) in partial.chunks_exact(o * c).enumerate() {
+                for (cc, v) in src[oo * c..(oo + 1) * c].iter().enumerate() {
+                    dst[cc * 9 + tap] += v;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The depth (positions of the laid-out images) [`conv3x3_weight_grad_shifted`] aims for per
+/// GEMM, where the batch allows.
+const SHIFTED_DEPTH: usize = 1024;
+
+/// [`conv2d_weight_grad`] by im2col, for any geometry: per group of images, the column matrix
+/// and one GEMM against the output gradient.
+///
+/// # Panics
+/// If the slices' lengths do not match `geometry`.
+pub fn conv2d_weight_grad_im2col(
+    x: &[f32],
+    output_grad: &[f32],
+    geometry: &ConvGeometry,
+) -> Vec<f32> {
     let g = geometry;
     let plane_in = g.height * g.width;
     let plane_out = g.out[0] * g.out[1];

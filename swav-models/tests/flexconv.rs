@@ -5,15 +5,20 @@
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use swav_models::flexconv::{ConvGeometry, conv2d_no_bias, conv2d_weight_grad, is_flex};
+use swav_models::flexconv::{
+    ConvGeometry, conv2d_no_bias, conv2d_weight_grad, conv3x3_weight_grad_shifted, is_flex,
+};
 
 /// (batch, channels in, height, width, channels out, kernel, stride, padding)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
 /// Cases 8 and 9 put several images into one GEMM (few output positions; the last group short);
-/// the last four are 3x3 stride-1 "same" convolutions with 16 channels or more, which the
-/// forward and the input gradient compute by Winograd's F(4x4, 3x3) (odd, non-square, 1x1).
-const CASES: [Case; 13] = [
+/// the last seven are 3x3 stride-1 "same" convolutions with 16 channels or more, which the
+/// forward and the input gradient compute by Winograd's F(4x4, 3x3) (odd, non-square, 1x1), and
+/// the last one's weight gradient by shifted GEMMs (its images are large enough). Every 3x3
+/// stride-1 "same" case also checks the shifted weight gradient directly (two with several
+/// images per GEMM, the last group short).
+const CASES: [Case; 16] = [
     (2, 3, 9, 7, 4, 3, 1, 1),
     (3, 5, 10, 10, 6, 3, 2, 1),
     (2, 3, 15, 15, 8, 7, 2, 3),
@@ -27,6 +32,9 @@ const CASES: [Case; 13] = [
     (3, 20, 4, 4, 16, 3, 1, 1),
     (1, 16, 1, 1, 16, 3, 1, 1),
     (5, 16, 2, 3, 18, 3, 1, 1),
+    (9, 16, 4, 5, 20, 3, 1, 1),
+    (7, 24, 3, 6, 16, 3, 1, 1),
+    (3, 16, 18, 17, 20, 3, 1, 1),
 ];
 
 fn out_size(n: usize, k: usize, s: usize, p: usize) -> usize {
@@ -105,15 +113,20 @@ fn weight_grad_matches_a_plain_loop() {
             stride: [s, s],
             padding: [p, p],
         };
-        let fast = conv2d_weight_grad(&x, &g, &geo);
         let reference = naive(&x, &g, &geo);
-        assert_eq!(fast.len(), reference.len());
-        for (i, (a, r)) in fast.iter().zip(&reference).enumerate() {
-            assert!(
-                (*a as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()),
-                "case {:?}: element {i}: {a} vs {r}",
-                (b, c, h, w, o, k, s, p)
-            );
+        let mut results = vec![("dispatched", conv2d_weight_grad(&x, &g, &geo))];
+        if (k, s, p) == (3, 1, 1) {
+            results.push(("shifted", conv3x3_weight_grad_shifted(&x, &g, &geo)));
+        }
+        for (path, fast) in results {
+            assert_eq!(fast.len(), reference.len());
+            for (i, (a, r)) in fast.iter().zip(&reference).enumerate() {
+                assert!(
+                    (*a as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                    "{path}, case {:?}: element {i}: {a} vs {r}",
+                    (b, c, h, w, o, k, s, p)
+                );
+            }
         }
     }
 }
