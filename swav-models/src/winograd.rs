@@ -16,8 +16,11 @@ use rayon::prelude::*;
 
 use crate::flexconv::ConvGeometry;
 
-/// Transformed tiles per GEMM (images are grouped until they give about this many).
-const TILES_PER_GEMM: usize = 192;
+/// Transformed tiles per GEMM (images are grouped until they give about this many, one image
+/// at least). With F(4x4, 3x3) at 64 channels, a group's transformed input then takes 590 KB
+/// (36 positions x 64 channels x 64 tiles), about what one core's L2 cache holds; 192 tiles
+/// measured slower at 8 to 32 px (`cargo run --release -p swav-models --example conv_parts`).
+const TILES_PER_GEMM: usize = 64;
 
 /// Whether the convolution is one this module computes: 3x3, stride 1, padding 1.
 fn is_same_3x3(g: &ConvGeometry) -> bool {
@@ -29,6 +32,84 @@ fn is_same_3x3(g: &ConvGeometry) -> bool {
 pub fn serves(g: &ConvGeometry) -> bool {
     is_same_3x3(g) && g.channels_in >= 16 && g.channels_out >= 16
 }
+
+/// Defines `$name` as a call of `$body` (an `#[inline(always)]` function), compiled twice: for
+/// AVX2 and FMA, taken where the CPU has them (checked at run time), and for the build's
+/// baseline (SSE2 on x86-64). The transforms' loops are plain vector arithmetic that the
+/// compiler vectorizes 8 lanes wide with AVX2 instead of 4. Without fused multiply-adds written
+/// out, both versions round identically.
+macro_rules! with_avx2 {
+    ($(#[$doc:meta])* fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+with_avx2!(
+    /// [`transform_inputs_body`], vectorized for the CPU at hand.
+    fn transform_inputs = transform_inputs_body(
+        x: &[f32],
+        g: &ConvGeometry,
+        first: usize,
+        count: usize,
+        v: &mut [f32],
+    )
+);
+with_avx2!(
+    /// [`transform_outputs_body`], vectorized for the CPU at hand.
+    fn transform_outputs = transform_outputs_body(
+        m: &[f32],
+        g: &ConvGeometry,
+        count: usize,
+        y: &mut [f32],
+    )
+);
+with_avx2!(
+    /// [`transform_inputs_f4_body`], vectorized for the CPU at hand.
+    fn transform_inputs_f4 = transform_inputs_f4_body(
+        x: &[f32],
+        g: &ConvGeometry,
+        first: usize,
+        count: usize,
+        v: &mut [f32],
+    )
+);
+with_avx2!(
+    /// [`transform_outputs_f4_body`], vectorized for the CPU at hand.
+    fn transform_outputs_f4 = transform_outputs_f4_body(
+        m: &[f32],
+        g: &ConvGeometry,
+        count: usize,
+        y: &mut [f32],
+    )
+);
+with_avx2!(
+    /// [`filter_row_body`], vectorized for the CPU at hand.
+    fn filter_row = filter_row_body(
+        weight: &[f32],
+        c: usize,
+        flip: bool,
+        row: usize,
+        coefs: &[[f32; 9]],
+        taps: &mut [f32],
+        out: &mut [f32],
+    )
+);
 
 /// The output tile of a Winograd scheme for 3x3 filters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +151,8 @@ pub const DEFAULT_TILE: Tile = Tile::F4;
 /// `T = count · tiles per image`. Worked one row of tiles at a time, as whole-row vector
 /// operations: the row transform over the four input rows, then the column transform over the
 /// even and odd columns (tile `tx` reads padded columns `2tx .. 2tx + 3`).
-fn transform_inputs(x: &[f32], g: &ConvGeometry, first: usize, count: usize, v: &mut [f32]) {
+#[inline(always)]
+fn transform_inputs_body(x: &[f32], g: &ConvGeometry, first: usize, count: usize, v: &mut [f32]) {
     let (h, w) = (g.height, g.width);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let tiles = count * th * tw;
@@ -146,7 +228,8 @@ fn transform_inputs(x: &[f32], g: &ConvGeometry, first: usize, count: usize, v: 
 /// `Y = Aᵀ M A` for every output channel and tile of `count` images, written into `y` (those
 /// images' `[count, O, H, W]` block). `m` is `[16, O, T]`. One row of tiles at a time, as in
 /// [`transform_inputs`].
-fn transform_outputs(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]) {
+#[inline(always)]
+fn transform_outputs_body(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]) {
     let (h, w) = (g.height, g.width);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let tiles = count * th * tw;
@@ -250,30 +333,45 @@ fn transform_filters(weight: &[f32], o: usize, c: usize, flip: bool, tile: Tile)
         .enumerate()
         .for_each_init(
             || vec![0.0f32; 9 * inner],
-            |taps, (row, out)| {
-                // taps[k · inner + j]: tap k of this output channel's filter from input channel j.
-                for j in 0..inner {
-                    for k in 0..9 {
-                        taps[k * inner + j] = if flip {
-                            weight[(j * c + row) * 9 + 8 - k]
-                        } else {
-                            weight[(row * c + j) * 9 + k]
-                        };
-                    }
-                }
-                for (coef, dst) in coefs.iter().zip(out.chunks_exact_mut(inner.max(1))) {
-                    for (k, &a) in coef.iter().enumerate() {
-                        if a == 0.0 {
-                            continue;
-                        }
-                        for (d, t) in dst.iter_mut().zip(&taps[k * inner..(k + 1) * inner]) {
-                            *d += a * t;
-                        }
-                    }
-                }
-            },
+            |taps, (row, out)| filter_row(weight, c, flip, row, &coefs, taps, out),
         );
     u
+}
+
+/// One output channel's transformed filters for [`transform_filters`] (`taps` is scratch of
+/// `9 · inner` values; `out` is `[P, inner]`).
+#[inline(always)]
+fn filter_row_body(
+    weight: &[f32],
+    c: usize,
+    flip: bool,
+    row: usize,
+    coefs: &[[f32; 9]],
+    taps: &mut [f32],
+    out: &mut [f32],
+) {
+    let inner = taps.len() / 9;
+    // taps[k · inner + j]: tap k of this output channel's filter from input channel j.
+    for j in 0..inner {
+        for k in 0..9 {
+            taps[k * inner + j] = if flip {
+                weight[(j * c + row) * 9 + 8 - k]
+            } else {
+                weight[(row * c + j) * 9 + k]
+            };
+        }
+    }
+    for (coef, dst) in coefs.iter().zip(out.chunks_exact_mut(inner.max(1))) {
+        dst.fill(0.0);
+        for (k, &a) in coef.iter().enumerate() {
+            if a == 0.0 {
+                continue;
+            }
+            for (d, t) in dst.iter_mut().zip(&taps[k * inner..(k + 1) * inner]) {
+                *d += a * t;
+            }
+        }
+    }
 }
 
 /// `Bᵀ` of F(4x4, 3x3) applied to six values:
@@ -324,7 +422,14 @@ fn rows<const R: usize>(buf: &[f32], len: usize) -> [&[f32]; R] {
 /// `[36, C, T]` with `T = count · tiles per image`. One row of tiles at a time: the row
 /// transform over the six padded input rows, then the column transform over the four column
 /// phases (tile `tx` reads padded columns `4tx .. 4tx + 5`).
-fn transform_inputs_f4(x: &[f32], g: &ConvGeometry, first: usize, count: usize, v: &mut [f32]) {
+#[inline(always)]
+fn transform_inputs_f4_body(
+    x: &[f32],
+    g: &ConvGeometry,
+    first: usize,
+    count: usize,
+    v: &mut [f32],
+) {
     let (h, w) = (g.height, g.width);
     let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
     let tiles = count * th * tw;
@@ -354,6 +459,11 @@ fn transform_inputs_f4(x: &[f32], g: &ConvGeometry, first: usize, count: usize, 
                     // rows: t = Bᵀ d
                     let [d0, d1, d2, d3, d4, d5] = rows::<6>(&d, len);
                     let [t0, t1, t2, t3, t4, t5] = rows_mut::<6>(&mut t, len);
+                    // Sliced to the loop's length: no bounds checks, so the loop vectorizes.
+                    let (d0, d1, d2) = (&d0[..len], &d1[..len], &d2[..len]);
+                    let (d3, d4, d5) = (&d3[..len], &d4[..len], &d5[..len]);
+                    let (t0, t1, t2) = (&mut t0[..len], &mut t1[..len], &mut t2[..len]);
+                    let (t3, t4, t5) = (&mut t3[..len], &mut t4[..len], &mut t5[..len]);
                     for k in 0..len {
                         let r = bt_f4(d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]);
                         t0[k] = r[0];
@@ -368,6 +478,13 @@ fn transform_inputs_f4(x: &[f32], g: &ConvGeometry, first: usize, count: usize, 
                 for r in 0..6 {
                     let tr = &t[r * len..(r + 1) * len];
                     let [p0, p1, p2, p3] = rows_mut::<4>(&mut phases, tw + 1);
+                    let (p0, p1, p2, p3) = (
+                        &mut p0[..=tw],
+                        &mut p1[..=tw],
+                        &mut p2[..=tw],
+                        &mut p3[..=tw],
+                    );
+                    let tr = &tr[..4 * tw + 4];
                     for k in 0..=tw {
                         p0[k] = tr[4 * k];
                         p1[k] = tr[4 * k + 1];
@@ -405,7 +522,8 @@ fn transform_inputs_f4(x: &[f32], g: &ConvGeometry, first: usize, count: usize, 
 /// `Y = Aᵀ M A` of F(4x4, 3x3) for every output channel and tile of `count` images, written
 /// into `y` (those images' `[count, O, H, W]` block). `m` is `[36, O, T]`. One row of tiles at
 /// a time, as in [`transform_inputs_f4`].
-fn transform_outputs_f4(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]) {
+#[inline(always)]
+fn transform_outputs_f4_body(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]) {
     let (h, w) = (g.height, g.width);
     let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
     let tiles = count * th * tw;
@@ -423,6 +541,10 @@ fn transform_outputs_f4(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]
                     let [m0, m1, m2, m3, m4, m5]: [&[f32]; 6] =
                         std::array::from_fn(|r| &m[(r * 6 + s) * ot + col..][..tw]);
                     let [t0, t1, t2, t3] = rows_mut::<4>(&mut t[s * 4 * tw..], tw);
+                    let (t0, t1, t2, t3) =
+                        (&mut t0[..tw], &mut t1[..tw], &mut t2[..tw], &mut t3[..tw]);
+                    let (m0, m1, m2) = (&m0[..tw], &m1[..tw], &m2[..tw]);
+                    let (m3, m4, m5) = (&m3[..tw], &m4[..tw], &m5[..tw]);
                     for k in 0..tw {
                         let r = at_f4(m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]);
                         t0[k] = r[0];
@@ -439,6 +561,10 @@ fn transform_outputs_f4(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]
                     let [s0, s1, s2, s3, s4, s5]: [&[f32]; 6] =
                         std::array::from_fn(|s| &t[(s * 4 + a) * tw..][..tw]);
                     let [q0, q1, q2, q3] = rows_mut::<4>(&mut quad, tw);
+                    let (q0, q1, q2, q3) =
+                        (&mut q0[..tw], &mut q1[..tw], &mut q2[..tw], &mut q3[..tw]);
+                    let (s0, s1, s2) = (&s0[..tw], &s1[..tw], &s2[..tw]);
+                    let (s3, s4, s5) = (&s3[..tw], &s4[..tw], &s5[..tw]);
                     for k in 0..tw {
                         let r = at_f4(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k]);
                         q0[k] = r[0];
@@ -447,9 +573,17 @@ fn transform_outputs_f4(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]
                         q3[k] = r[3];
                     }
                     let row = &mut out[yy * w..(yy + 1) * w];
-                    for (k, chunk) in row.chunks_mut(4).enumerate() {
-                        let vals = [q0[k], q1[k], q2[k], q3[k]];
-                        chunk.copy_from_slice(&vals[..chunk.len()]);
+                    let mut quads = row.chunks_exact_mut(4);
+                    for (k, quad) in (&mut quads).enumerate() {
+                        quad[0] = q0[k];
+                        quad[1] = q1[k];
+                        quad[2] = q2[k];
+                        quad[3] = q3[k];
+                    }
+                    // A last, partial tile (the width not a multiple of 4).
+                    let last = w / 4;
+                    for (b, v) in quads.into_remainder().iter_mut().enumerate() {
+                        *v = [q0[last], q1[last], q2[last]][b];
                     }
                 }
             }
