@@ -33,10 +33,10 @@ pub fn serves(g: &ConvGeometry) -> bool {
     is_same_3x3(g) && g.channels_in >= 16 && g.channels_out >= 16
 }
 
-/// Defines `$name` as a call of `$body` (an `#[inline(always)]` function), compiled twice: for
-/// AVX2 and FMA, taken where the CPU has them (checked at run time), and for the build's
-/// baseline (SSE2 on x86-64). The transforms' loops are plain vector arithmetic that the
-/// compiler vectorizes 8 lanes wide with AVX2 instead of 4. Without fused multiply-adds written
+/// Defines `$name` as a call of `$body` (an `#[inline(always)]` function), compiled three
+/// times: for AVX-512F, for AVX2 and FMA, each taken where the CPU has them (checked at run
+/// time), and for the build's baseline (SSE2 on x86-64). The transforms' loops are plain vector
+/// arithmetic that the compiler vectorizes 16 lanes wide with AVX-512, 8 with AVX2, 4 without. Without fused multiply-adds written
 /// out, both versions round identically.
 macro_rules! with_avx2 {
     ($(#[$doc:meta])* fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
@@ -44,9 +44,20 @@ macro_rules! with_avx2 {
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
                     $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
@@ -419,9 +430,12 @@ fn rows<const R: usize>(buf: &[f32], len: usize) -> [&[f32]; R] {
 }
 
 /// `V = Bᵀ d B` of F(4x4, 3x3) for the tiles of `count` images starting at `first`: `v` is
-/// `[36, C, T]` with `T = count · tiles per image`. One row of tiles at a time: the row
-/// transform over the six padded input rows, then the column transform over the four column
-/// phases (tile `tx` reads padded columns `4tx .. 4tx + 5`).
+/// `[36, C, T]` with `T = count · tiles per image`. One input channel at a time: each image's
+/// plane copied into a zero-bordered one (padded row `p` is image row `p - 1`, the same for
+/// columns), every tile's 6x6 values gathered into 36 rows of `T` (tile `(ty, tx)` reads padded
+/// rows `4ty .. 4ty + 5` and columns `4tx .. 4tx + 5`), then the transform as vector passes
+/// over those rows, as long as the group has tiles whatever the image size: the row transform,
+/// then the column transform written straight into `v`.
 #[inline(always)]
 fn transform_inputs_f4_body(
     x: &[f32],
@@ -432,146 +446,182 @@ fn transform_inputs_f4_body(
 ) {
     let (h, w) = (g.height, g.width);
     let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
-    let tiles = count * th * tw;
+    let per_image = th * tw;
+    let tiles = count * per_image;
+    if tiles == 0 {
+        return;
+    }
     let ct = g.channels_in * tiles;
     let plane = h * w;
-    // Padded rows hold input columns -1 .. 4·tw + 2 (zero outside the image): every phase
-    // then has tw + 1 values.
-    let len = 4 * tw + 4;
-    let mut d = vec![0.0f32; 6 * len];
-    let mut t = vec![0.0f32; 6 * len];
-    let mut phases = vec![0.0f32; 4 * (tw + 1)];
-    for n in 0..count {
-        let img = &x[(first + n) * g.channels_in * plane..(first + n + 1) * g.channels_in * plane];
-        for c in 0..g.channels_in {
-            let p = &img[c * plane..(c + 1) * plane];
+    // The padded plane: rows and columns -1 .. 4·t + 1 of the image (zero outside it; the
+    // border is never written, so it stays zero across images and channels).
+    let (ph, pw) = (4 * th + 2, 4 * tw + 2);
+    let mut padded = vec![0.0f32; ph * pw];
+    // d[(r · 6 + j) · T + t]: padded value (4ty + r, 4tx + j) of tile t; s: d after the row
+    // transform, in the same layout.
+    let mut d = vec![0.0f32; 36 * tiles];
+    let mut s = vec![0.0f32; 36 * tiles];
+    for c in 0..g.channels_in {
+        for n in 0..count {
+            let src = &x[((first + n) * g.channels_in + c) * plane..][..plane];
+            for (y, row) in src.chunks_exact(w).enumerate() {
+                padded[(y + 1) * pw + 1..][..w].copy_from_slice(row);
+            }
             for ty in 0..th {
+                let base = (n * th + ty) * tw;
                 for r in 0..6 {
-                    let row = &mut d[r * len..(r + 1) * len];
-                    row.fill(0.0);
-                    let y = (4 * ty + r) as isize - 1;
-                    if y >= 0 && (y as usize) < h {
-                        let y = y as usize;
-                        row[1..1 + w].copy_from_slice(&p[y * w..(y + 1) * w]);
+                    let prow = &padded[(4 * ty + r) * pw..][..pw];
+                    let [d0, d1, d2, d3, d4, d5] = rows_mut::<6>(&mut d[r * 6 * tiles..], tiles);
+                    let (d0, d1, d2) = (&mut d0[base..], &mut d1[base..], &mut d2[base..]);
+                    let (d3, d4, d5) = (&mut d3[base..], &mut d4[base..], &mut d5[base..]);
+                    for (tx, seg) in prow.windows(6).step_by(4).take(tw).enumerate() {
+                        d0[tx] = seg[0];
+                        d1[tx] = seg[1];
+                        d2[tx] = seg[2];
+                        d3[tx] = seg[3];
+                        d4[tx] = seg[4];
+                        d5[tx] = seg[5];
                     }
                 }
-                {
-                    // rows: t = Bᵀ d
-                    let [d0, d1, d2, d3, d4, d5] = rows::<6>(&d, len);
-                    let [t0, t1, t2, t3, t4, t5] = rows_mut::<6>(&mut t, len);
-                    // Sliced to the loop's length: no bounds checks, so the loop vectorizes.
-                    let (d0, d1, d2) = (&d0[..len], &d1[..len], &d2[..len]);
-                    let (d3, d4, d5) = (&d3[..len], &d4[..len], &d5[..len]);
-                    let (t0, t1, t2) = (&mut t0[..len], &mut t1[..len], &mut t2[..len]);
-                    let (t3, t4, t5) = (&mut t3[..len], &mut t4[..len], &mut t5[..len]);
-                    for k in 0..len {
-                        let r = bt_f4(d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]);
-                        t0[k] = r[0];
-                        t1[k] = r[1];
-                        t2[k] = r[2];
-                        t3[k] = r[3];
-                        t4[k] = r[4];
-                        t5[k] = r[5];
-                    }
-                }
-                let col = c * tiles + (n * th + ty) * tw;
-                for r in 0..6 {
-                    let tr = &t[r * len..(r + 1) * len];
-                    let [p0, p1, p2, p3] = rows_mut::<4>(&mut phases, tw + 1);
-                    let (p0, p1, p2, p3) = (
-                        &mut p0[..=tw],
-                        &mut p1[..=tw],
-                        &mut p2[..=tw],
-                        &mut p3[..=tw],
-                    );
-                    let tr = &tr[..4 * tw + 4];
-                    for k in 0..=tw {
-                        p0[k] = tr[4 * k];
-                        p1[k] = tr[4 * k + 1];
-                        p2[k] = tr[4 * k + 2];
-                        p3[k] = tr[4 * k + 3];
-                    }
-                    // columns: with a .. f = padded columns 4tx .. 4tx + 5
-                    let block = &mut v[r * 6 * ct..(r + 1) * 6 * ct];
-                    let [v0, v1, v2, v3, v4, v5] = rows_mut::<6>(block, ct);
-                    let (v0, v1, v2) = (
-                        &mut v0[col..col + tw],
-                        &mut v1[col..col + tw],
-                        &mut v2[col..col + tw],
-                    );
-                    let (v3, v4, v5) = (
-                        &mut v3[col..col + tw],
-                        &mut v4[col..col + tw],
-                        &mut v5[col..col + tw],
-                    );
-                    for k in 0..tw {
-                        let s = bt_f4(p0[k], p1[k], p2[k], p3[k], p0[k + 1], p1[k + 1]);
-                        v0[k] = s[0];
-                        v1[k] = s[1];
-                        v2[k] = s[2];
-                        v3[k] = s[3];
-                        v4[k] = s[4];
-                        v5[k] = s[5];
-                    }
-                }
+            }
+        }
+        // Rows: s[r'][j] = (Bᵀ d)[r'][j], for each column j.
+        for j in 0..6 {
+            let [a0, a1, a2, a3, a4, a5]: [&[f32]; 6] =
+                std::array::from_fn(|r| &d[(r * 6 + j) * tiles..][..tiles]);
+            let (a0, a1, a2) = (&a0[..tiles], &a1[..tiles], &a2[..tiles]);
+            let (a3, a4, a5) = (&a3[..tiles], &a4[..tiles], &a5[..tiles]);
+            // Rows r' · 6 + j of s, r' = 0 .. 5: six rows of `tiles`, 6 · tiles apart.
+            let mut outs: [&mut [f32]; 6] = {
+                let mut rest = &mut s[j * tiles..];
+                std::array::from_fn(|r| {
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(if r < 5 {
+                        6 * tiles
+                    } else {
+                        tiles
+                    });
+                    rest = tail;
+                    head
+                })
+            };
+            let [o0, o1, o2, o3, o4, o5] = &mut outs;
+            let (o0, o1, o2) = (&mut o0[..tiles], &mut o1[..tiles], &mut o2[..tiles]);
+            let (o3, o4, o5) = (&mut o3[..tiles], &mut o4[..tiles], &mut o5[..tiles]);
+            for k in 0..tiles {
+                let r = bt_f4(a0[k], a1[k], a2[k], a3[k], a4[k], a5[k]);
+                o0[k] = r[0];
+                o1[k] = r[1];
+                o2[k] = r[2];
+                o3[k] = r[3];
+                o4[k] = r[4];
+                o5[k] = r[5];
+            }
+        }
+        // Columns: v[r' · 6 + s'] = (s B)[r'][s'], into the channel's run of each position.
+        for rr in 0..6 {
+            let [a0, a1, a2, a3, a4, a5] = rows::<6>(&s[rr * 6 * tiles..], tiles);
+            let (a0, a1, a2) = (&a0[..tiles], &a1[..tiles], &a2[..tiles]);
+            let (a3, a4, a5) = (&a3[..tiles], &a4[..tiles], &a5[..tiles]);
+            let block = &mut v[rr * 6 * ct..(rr + 1) * 6 * ct];
+            let [v0, v1, v2, v3, v4, v5] = rows_mut::<6>(block, ct);
+            let col = c * tiles;
+            let (v0, v1, v2) = (
+                &mut v0[col..col + tiles],
+                &mut v1[col..col + tiles],
+                &mut v2[col..col + tiles],
+            );
+            let (v3, v4, v5) = (
+                &mut v3[col..col + tiles],
+                &mut v4[col..col + tiles],
+                &mut v5[col..col + tiles],
+            );
+            for k in 0..tiles {
+                let r = bt_f4(a0[k], a1[k], a2[k], a3[k], a4[k], a5[k]);
+                v0[k] = r[0];
+                v1[k] = r[1];
+                v2[k] = r[2];
+                v3[k] = r[3];
+                v4[k] = r[4];
+                v5[k] = r[5];
             }
         }
     }
 }
 
 /// `Y = Aᵀ M A` of F(4x4, 3x3) for every output channel and tile of `count` images, written
-/// into `y` (those images' `[count, O, H, W]` block). `m` is `[36, O, T]`. One row of tiles at
-/// a time, as in [`transform_inputs_f4`].
+/// into `y` (those images' `[count, O, H, W]` block). `m` is `[36, O, T]`. One output channel
+/// at a time, as vector passes over all `T` tiles (the row transform, then the column
+/// transform into 16 rows of `T`), then each tile's 4x4 values put in place.
 #[inline(always)]
 fn transform_outputs_f4_body(m: &[f32], g: &ConvGeometry, count: usize, y: &mut [f32]) {
     let (h, w) = (g.height, g.width);
     let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
     let tiles = count * th * tw;
+    if tiles == 0 {
+        return;
+    }
     let ot = g.channels_out * tiles;
     let plane = h * w;
-    // t[s · 4 + a]: the row transform Aᵀ M for output row a of the tile and column s, over tx.
-    let mut t = vec![0.0f32; 24 * tw];
-    let mut quad = vec![0.0f32; 4 * tw];
-    for n in 0..count {
-        for o in 0..g.channels_out {
+    // t[(a · 6 + s) · T + k]: row a of Aᵀ M in column s; q[(a · 4 + b) · T + k]: output
+    // (a, b) of tile k.
+    let mut t = vec![0.0f32; 24 * tiles];
+    let mut q = vec![0.0f32; 16 * tiles];
+    for o in 0..g.channels_out {
+        for s in 0..6 {
+            let [m0, m1, m2, m3, m4, m5]: [&[f32]; 6] =
+                std::array::from_fn(|r| &m[(r * 6 + s) * ot + o * tiles..][..tiles]);
+            let (m0, m1, m2) = (&m0[..tiles], &m1[..tiles], &m2[..tiles]);
+            let (m3, m4, m5) = (&m3[..tiles], &m4[..tiles], &m5[..tiles]);
+            let mut outs: [&mut [f32]; 4] = {
+                let mut rest = &mut t[s * tiles..];
+                std::array::from_fn(|a| {
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(if a < 3 {
+                        6 * tiles
+                    } else {
+                        tiles
+                    });
+                    rest = tail;
+                    head
+                })
+            };
+            let [t0, t1, t2, t3] = &mut outs;
+            let (t0, t1) = (&mut t0[..tiles], &mut t1[..tiles]);
+            let (t2, t3) = (&mut t2[..tiles], &mut t3[..tiles]);
+            for k in 0..tiles {
+                let r = at_f4(m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]);
+                t0[k] = r[0];
+                t1[k] = r[1];
+                t2[k] = r[2];
+                t3[k] = r[3];
+            }
+        }
+        for a in 0..4 {
+            let [s0, s1, s2, s3, s4, s5] = rows::<6>(&t[a * 6 * tiles..], tiles);
+            let (s0, s1, s2) = (&s0[..tiles], &s1[..tiles], &s2[..tiles]);
+            let (s3, s4, s5) = (&s3[..tiles], &s4[..tiles], &s5[..tiles]);
+            let [q0, q1, q2, q3] = rows_mut::<4>(&mut q[a * 4 * tiles..], tiles);
+            let (q0, q1) = (&mut q0[..tiles], &mut q1[..tiles]);
+            let (q2, q3) = (&mut q2[..tiles], &mut q3[..tiles]);
+            for k in 0..tiles {
+                let r = at_f4(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k]);
+                q0[k] = r[0];
+                q1[k] = r[1];
+                q2[k] = r[2];
+                q3[k] = r[3];
+            }
+        }
+        for n in 0..count {
             let out = &mut y[(n * g.channels_out + o) * plane..][..plane];
             for ty in 0..th {
-                let col = o * tiles + (n * th + ty) * tw;
-                for s in 0..6 {
-                    let [m0, m1, m2, m3, m4, m5]: [&[f32]; 6] =
-                        std::array::from_fn(|r| &m[(r * 6 + s) * ot + col..][..tw]);
-                    let [t0, t1, t2, t3] = rows_mut::<4>(&mut t[s * 4 * tw..], tw);
-                    let (t0, t1, t2, t3) =
-                        (&mut t0[..tw], &mut t1[..tw], &mut t2[..tw], &mut t3[..tw]);
-                    let (m0, m1, m2) = (&m0[..tw], &m1[..tw], &m2[..tw]);
-                    let (m3, m4, m5) = (&m3[..tw], &m4[..tw], &m5[..tw]);
-                    for k in 0..tw {
-                        let r = at_f4(m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]);
-                        t0[k] = r[0];
-                        t1[k] = r[1];
-                        t2[k] = r[2];
-                        t3[k] = r[3];
-                    }
-                }
+                let base = (n * th + ty) * tw;
                 for a in 0..4 {
                     let yy = 4 * ty + a;
                     if yy >= h {
-                        continue;
+                        break;
                     }
-                    let [s0, s1, s2, s3, s4, s5]: [&[f32]; 6] =
-                        std::array::from_fn(|s| &t[(s * 4 + a) * tw..][..tw]);
-                    let [q0, q1, q2, q3] = rows_mut::<4>(&mut quad, tw);
-                    let (q0, q1, q2, q3) =
-                        (&mut q0[..tw], &mut q1[..tw], &mut q2[..tw], &mut q3[..tw]);
-                    let (s0, s1, s2) = (&s0[..tw], &s1[..tw], &s2[..tw]);
-                    let (s3, s4, s5) = (&s3[..tw], &s4[..tw], &s5[..tw]);
-                    for k in 0..tw {
-                        let r = at_f4(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k]);
-                        q0[k] = r[0];
-                        q1[k] = r[1];
-                        q2[k] = r[2];
-                        q3[k] = r[3];
-                    }
+                    let [q0, q1, q2, q3] = rows::<4>(&q[a * 4 * tiles..], tiles);
+                    let (q0, q1) = (&q0[base..base + tw], &q1[base..base + tw]);
+                    let (q2, q3) = (&q2[base..base + tw], &q3[base..base + tw]);
                     let row = &mut out[yy * w..(yy + 1) * w];
                     let mut quads = row.chunks_exact_mut(4);
                     for (k, quad) in (&mut quads).enumerate() {
