@@ -414,6 +414,71 @@ fn at_f4(m0: f32, m1: f32, m2: f32, m3: f32, m4: f32, m5: f32) -> [f32; 4] {
     ]
 }
 
+/// [`bt_f4`] lane by lane over six rows into six rows (all of one length). The rows are
+/// separate arguments so the compiler knows they do not overlap and vectorizes the loop.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bt_f4_rows(
+    a0: &[f32],
+    a1: &[f32],
+    a2: &[f32],
+    a3: &[f32],
+    a4: &[f32],
+    a5: &[f32],
+    o0: &mut [f32],
+    o1: &mut [f32],
+    o2: &mut [f32],
+    o3: &mut [f32],
+    o4: &mut [f32],
+    o5: &mut [f32],
+) {
+    let n = o0.len();
+    let (a0, a1, a2, a3, a4, a5) = (&a0[..n], &a1[..n], &a2[..n], &a3[..n], &a4[..n], &a5[..n]);
+    let (o1, o2, o3, o4, o5) = (
+        &mut o1[..n],
+        &mut o2[..n],
+        &mut o3[..n],
+        &mut o4[..n],
+        &mut o5[..n],
+    );
+    for k in 0..n {
+        let r = bt_f4(a0[k], a1[k], a2[k], a3[k], a4[k], a5[k]);
+        o0[k] = r[0];
+        o1[k] = r[1];
+        o2[k] = r[2];
+        o3[k] = r[3];
+        o4[k] = r[4];
+        o5[k] = r[5];
+    }
+}
+
+/// [`at_f4`] lane by lane over six rows into four rows, as [`bt_f4_rows`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn at_f4_rows(
+    a0: &[f32],
+    a1: &[f32],
+    a2: &[f32],
+    a3: &[f32],
+    a4: &[f32],
+    a5: &[f32],
+    o0: &mut [f32],
+    o1: &mut [f32],
+    o2: &mut [f32],
+    o3: &mut [f32],
+) {
+    let n = o0.len();
+    let (a0, a1, a2, a3, a4, a5) = (&a0[..n], &a1[..n], &a2[..n], &a3[..n], &a4[..n], &a5[..n]);
+    let (o1, o2, o3) = (&mut o1[..n], &mut o2[..n], &mut o3[..n]);
+    for k in 0..n {
+        let r = at_f4(a0[k], a1[k], a2[k], a3[k], a4[k], a5[k]);
+        o0[k] = r[0];
+        o1[k] = r[1];
+        o2[k] = r[2];
+        o3[k] = r[3];
+    }
+}
+
 /// `buf` (at least `R · len` long) as its first `R` rows of `len` values.
 fn rows_mut<const R: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; R] {
     let mut rest = buf;
@@ -505,17 +570,7 @@ fn transform_inputs_f4_body(
                 })
             };
             let [o0, o1, o2, o3, o4, o5] = &mut outs;
-            let (o0, o1, o2) = (&mut o0[..tiles], &mut o1[..tiles], &mut o2[..tiles]);
-            let (o3, o4, o5) = (&mut o3[..tiles], &mut o4[..tiles], &mut o5[..tiles]);
-            for k in 0..tiles {
-                let r = bt_f4(a0[k], a1[k], a2[k], a3[k], a4[k], a5[k]);
-                o0[k] = r[0];
-                o1[k] = r[1];
-                o2[k] = r[2];
-                o3[k] = r[3];
-                o4[k] = r[4];
-                o5[k] = r[5];
-            }
+            bt_f4_rows(a0, a1, a2, a3, a4, a5, &mut o0[..tiles], o1, o2, o3, o4, o5);
         }
         // Columns: v[r' · 6 + s'] = (s B)[r'][s'], into the channel's run of each position.
         for rr in 0..6 {
@@ -535,15 +590,7 @@ fn transform_inputs_f4_body(
                 &mut v4[col..col + tiles],
                 &mut v5[col..col + tiles],
             );
-            for k in 0..tiles {
-                let r = bt_f4(a0[k], a1[k], a2[k], a3[k], a4[k], a5[k]);
-                v0[k] = r[0];
-                v1[k] = r[1];
-                v2[k] = r[2];
-                v3[k] = r[3];
-                v4[k] = r[4];
-                v5[k] = r[5];
-            }
+            bt_f4_rows(a0, a1, a2, a3, a4, a5, v0, v1, v2, v3, v4, v5);
         }
     }
 }
@@ -585,30 +632,14 @@ fn transform_outputs_f4_body(m: &[f32], g: &ConvGeometry, count: usize, y: &mut 
                 })
             };
             let [t0, t1, t2, t3] = &mut outs;
-            let (t0, t1) = (&mut t0[..tiles], &mut t1[..tiles]);
-            let (t2, t3) = (&mut t2[..tiles], &mut t3[..tiles]);
-            for k in 0..tiles {
-                let r = at_f4(m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]);
-                t0[k] = r[0];
-                t1[k] = r[1];
-                t2[k] = r[2];
-                t3[k] = r[3];
-            }
+            at_f4_rows(m0, m1, m2, m3, m4, m5, &mut t0[..tiles], t1, t2, t3);
         }
         for a in 0..4 {
             let [s0, s1, s2, s3, s4, s5] = rows::<6>(&t[a * 6 * tiles..], tiles);
             let (s0, s1, s2) = (&s0[..tiles], &s1[..tiles], &s2[..tiles]);
             let (s3, s4, s5) = (&s3[..tiles], &s4[..tiles], &s5[..tiles]);
             let [q0, q1, q2, q3] = rows_mut::<4>(&mut q[a * 4 * tiles..], tiles);
-            let (q0, q1) = (&mut q0[..tiles], &mut q1[..tiles]);
-            let (q2, q3) = (&mut q2[..tiles], &mut q3[..tiles]);
-            for k in 0..tiles {
-                let r = at_f4(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k]);
-                q0[k] = r[0];
-                q1[k] = r[1];
-                q2[k] = r[2];
-                q3[k] = r[3];
-            }
+            at_f4_rows(s0, s1, s2, s3, s4, s5, &mut q0[..tiles], q1, q2, q3);
         }
         for n in 0..count {
             let out = &mut y[(n * g.channels_out + o) * plane..][..plane];
