@@ -26,6 +26,7 @@
 //! and one pass) instead of burn's default, which transposes every activation to `[C, B·H·W]`
 //! and back; the running statistics are updated exactly as burn's `BatchNorm` does.
 
+use crate::simd::multiversion;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -1118,25 +1119,112 @@ impl<B: Backend + FastBatchNormBackend, C: CheckpointStrategy> FastBatchNormBack
     }
 }
 
-/// Per-channel sums over every plane of channel `c` (f64 accumulation).
-fn channel_sum(
+/// f64 lanes the BatchNorm sums run over: independent additions (two AVX-512 vectors), so
+/// the sums are not one chain of dependent additions.
+const SUM_LANES: usize = 16;
+
+/// `Σ f(i)` over `0..n` as [`SUM_LANES`] interleaved partial sums, then their total.
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut lanes = [0.0f64; SUM_LANES];
+    let full = n - n % SUM_LANES;
+    for base in (0..full).step_by(SUM_LANES) {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += f(base + l);
+        }
+    }
+    let tail: f64 = (full..n).map(&f).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// `Σ x` over one plane, in f64.
+#[inline(always)]
+fn plane_sum_body(x: &[f32]) -> f64 {
+    lane_sum(x.len(), |i| x[i] as f64)
+}
+
+/// `Σ (x − mean)²` of one plane, in f64.
+#[inline(always)]
+fn plane_sq_dev_body(x: &[f32], mean: f64) -> f64 {
+    lane_sum(x.len(), |i| {
+        let d = x[i] as f64 - mean;
+        d * d
+    })
+}
+
+/// `(Σ dy, Σ dy · (x − mean))` of one plane, in f64.
+#[inline(always)]
+fn plane_grad_sums_body(dy: &[f32], x: &[f32], mean: f64) -> (f64, f64) {
+    let x = &x[..dy.len()];
+    (
+        lane_sum(dy.len(), |i| dy[i] as f64),
+        lane_sum(dy.len(), |i| dy[i] as f64 * (x[i] as f64 - mean)),
+    )
+}
+
+/// `out = (x − mean) · scale + shift` over one plane.
+#[inline(always)]
+fn plane_normalize_body(out: &mut [f32], x: &[f32], mean: f32, scale: f32, shift: f32) {
+    let x = &x[..out.len()];
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = (v - mean) * scale + shift;
+    }
+}
+
+/// BatchNorm's input gradient over one plane: `a · (dy − mean_dy − (x − mean) · k)`, in f64.
+#[inline(always)]
+fn plane_input_grad_body(dx: &mut [f32], x: &[f32], dy: &[f32], coefs: [f64; 4]) {
+    let [a, mean, mean_dy, k] = coefs;
+    let (x, dy) = (&x[..dx.len()], &dy[..dx.len()]);
+    for ((o, xv), g) in dx.iter_mut().zip(x).zip(dy) {
+        let xc = *xv as f64 - mean;
+        *o = (a * (*g as f64 - mean_dy - xc * k)) as f32;
+    }
+}
+
+multiversion!(
+    /// [`plane_sum_body`] for the CPU at hand.
+    fn plane_sum = plane_sum_body(x: &[f32]) -> f64
+);
+multiversion!(
+    /// [`plane_sq_dev_body`] for the CPU at hand.
+    fn plane_sq_dev = plane_sq_dev_body(x: &[f32], mean: f64) -> f64
+);
+multiversion!(
+    /// [`plane_grad_sums_body`] for the CPU at hand.
+    fn plane_grad_sums = plane_grad_sums_body(dy: &[f32], x: &[f32], mean: f64) -> (f64, f64)
+);
+multiversion!(
+    /// [`plane_normalize_body`] for the CPU at hand.
+    fn plane_normalize = plane_normalize_body(
+        out: &mut [f32],
+        x: &[f32],
+        mean: f32,
+        scale: f32,
+        shift: f32,
+    )
+);
+multiversion!(
+    /// [`plane_input_grad_body`] for the CPU at hand.
+    fn plane_input_grad = plane_input_grad_body(
+        dx: &mut [f32],
+        x: &[f32],
+        dy: &[f32],
+        coefs: [f64; 4],
+    )
+);
+
+/// The planes of channel `c` in contiguous NCHW data (`channels` planes of `plane` values per
+/// image).
+fn channel_planes(
     data: &[f32],
     channels: usize,
     plane: usize,
     c: usize,
-    f: impl Fn(usize, f32) -> f64,
-) -> f64 {
-    let mut total = 0.0f64;
-    let mut base = c * plane;
-    while base < data.len() {
-        let mut part = 0.0f64;
-        for (k, v) in data[base..base + plane].iter().enumerate() {
-            part += f(base + k, *v);
-        }
-        total += part;
-        base += channels * plane;
-    }
-    total
+) -> impl Iterator<Item = &[f32]> {
+    data.chunks_exact(plane.max(1))
+        .skip(c)
+        .step_by(channels.max(1))
 }
 
 /// Training-mode BatchNorm over contiguous NCHW f32: (output, mean, biased variance).
@@ -1152,11 +1240,14 @@ fn batch_norm_train_f32(
     let stats: Vec<(f64, f64)> = (0..channels)
         .into_par_iter()
         .map(|c| {
-            let mean = channel_sum(x, channels, plane, c, |_, v| v as f64) / count;
-            let var = channel_sum(x, channels, plane, c, |_, v| {
-                let d = v as f64 - mean;
-                d * d
-            }) / count;
+            let mean = channel_planes(x, channels, plane, c)
+                .map(plane_sum)
+                .sum::<f64>()
+                / count;
+            let var = channel_planes(x, channels, plane, c)
+                .map(|p| plane_sq_dev(p, mean))
+                .sum::<f64>()
+                / count;
             (mean, var)
         })
         .collect();
@@ -1170,10 +1261,7 @@ fn batch_norm_train_f32(
             // (x − mean)·scale + beta, not x·scale + shift: no cancellation where the mean is
             // large against the spread.
             let scale = (gamma[c] as f64 / (var + epsilon).sqrt()) as f32;
-            let (mean, shift) = (mean as f32, beta[c]);
-            for (o, v) in o.iter_mut().zip(xp) {
-                *o = (v - mean) * scale + shift;
-            }
+            plane_normalize(o, xp, mean as f32, scale, beta[c]);
         });
     let mean = stats.iter().map(|s| s.0 as f32).collect();
     let var = stats.iter().map(|s| s.1 as f32).collect();
@@ -1197,10 +1285,10 @@ fn batch_norm_backward_f32(
         .into_par_iter()
         .map(|c| {
             let m = mean[c] as f64;
-            let sum_dy = channel_sum(dy, channels, plane, c, |_, g| g as f64);
-            let sum_dy_xc =
-                channel_sum(dy, channels, plane, c, |i, g| g as f64 * (x[i] as f64 - m));
-            (sum_dy, sum_dy_xc)
+            channel_planes(dy, channels, plane, c)
+                .zip(channel_planes(x, channels, plane, c))
+                .map(|(g, xp)| plane_grad_sums(g, xp, m))
+                .fold((0.0, 0.0), |acc, s| (acc.0 + s.0, acc.1 + s.1))
         })
         .collect();
     let mut dx = vec![0.0f32; x.len()];
@@ -1216,10 +1304,13 @@ fn batch_norm_backward_f32(
             let mean_dy = sum_dy / count;
             let k = sum_dy_xc / count * inv_std * inv_std;
             let base = p * plane;
-            for (j, o) in d.iter_mut().enumerate() {
-                let xc = x[base + j] as f64 - m;
-                *o = (a * (dy[base + j] as f64 - mean_dy - xc * k)) as f32;
-            }
+            let n = d.len();
+            plane_input_grad(
+                d,
+                &x[base..base + n],
+                &dy[base..base + n],
+                [a, m, mean_dy, k],
+            );
         });
     let dgamma = (0..channels)
         .map(|c| {

@@ -25,6 +25,7 @@ mod head;
 mod import;
 pub mod precision;
 mod resnet;
+mod simd;
 mod swav;
 pub mod syncbn;
 pub mod winograd;

@@ -15,6 +15,7 @@
 use rayon::prelude::*;
 
 use crate::flexconv::ConvGeometry;
+use crate::simd::multiversion;
 
 /// Transformed tiles per GEMM (images are grouped until they give about this many, one image
 /// at least). With F(4x4, 3x3) at 64 channels, a group's transformed input then takes 590 KB
@@ -33,45 +34,7 @@ pub fn serves(g: &ConvGeometry) -> bool {
     is_same_3x3(g) && g.channels_in >= 16 && g.channels_out >= 16
 }
 
-/// Defines `$name` as a call of `$body` (an `#[inline(always)]` function), compiled three
-/// times: for AVX-512F, for AVX2 and FMA, each taken where the CPU has them (checked at run
-/// time), and for the build's baseline (SSE2 on x86-64). The transforms' loops are plain vector
-/// arithmetic that the compiler vectorizes 16 lanes wide with AVX-512, 8 with AVX2, 4 without. Without fused multiply-adds written
-/// out, both versions round identically.
-macro_rules! with_avx2 {
-    ($(#[$doc:meta])* fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has the features `avx512` is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has the features `avx2` is compiled for.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
-with_avx2!(
+multiversion!(
     /// [`transform_inputs_body`], vectorized for the CPU at hand.
     fn transform_inputs = transform_inputs_body(
         x: &[f32],
@@ -81,7 +44,7 @@ with_avx2!(
         v: &mut [f32],
     )
 );
-with_avx2!(
+multiversion!(
     /// [`transform_outputs_body`], vectorized for the CPU at hand.
     fn transform_outputs = transform_outputs_body(
         m: &[f32],
@@ -90,7 +53,7 @@ with_avx2!(
         y: &mut [f32],
     )
 );
-with_avx2!(
+multiversion!(
     /// [`transform_inputs_f4_body`], vectorized for the CPU at hand.
     fn transform_inputs_f4 = transform_inputs_f4_body(
         x: &[f32],
@@ -100,7 +63,7 @@ with_avx2!(
         v: &mut [f32],
     )
 );
-with_avx2!(
+multiversion!(
     /// [`transform_outputs_f4_body`], vectorized for the CPU at hand.
     fn transform_outputs_f4 = transform_outputs_f4_body(
         m: &[f32],
@@ -109,7 +72,7 @@ with_avx2!(
         y: &mut [f32],
     )
 );
-with_avx2!(
+multiversion!(
     /// [`filter_row_body`], vectorized for the CPU at hand.
     fn filter_row = filter_row_body(
         weight: &[f32],
