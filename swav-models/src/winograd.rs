@@ -758,3 +758,87 @@ pub fn conv3x3_input_grad_with(
     let u = transform_filters(weight, o, c, true, tile);
     forward_transformed(tile, output_grad, &u, &transposed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry(batch: usize, c: usize, o: usize, h: usize, w: usize) -> ConvGeometry {
+        ConvGeometry {
+            batch,
+            channels_in: c,
+            height: h,
+            width: w,
+            channels_out: o,
+            kernel: [3, 3],
+            out: [h, w],
+            stride: [1, 1],
+            padding: [1, 1],
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 1e7 - 0.8
+            })
+            .collect()
+    }
+
+    /// The transforms as dispatched (AVX-512 or AVX2 where the CPU has them) give the same bits
+    /// as their bodies compiled for the baseline, which this test calls directly: the
+    /// baseline path is checked on any machine, and the vector versions round as it does.
+    #[test]
+    fn every_compiled_version_of_the_transforms_rounds_alike() {
+        for (h, w) in [(4, 4), (5, 7), (8, 8), (13, 6), (32, 32)] {
+            let (count, c, o) = (3, 5, 4);
+            let g = geometry(count + 1, c, o, h, w);
+            let x = values(g.batch * c * h * w, 7);
+            for tile in [Tile::F2, Tile::F4] {
+                let tiles = count * h.div_ceil(tile.output()) * w.div_ceil(tile.output());
+                let mut fast = vec![0.0; tile.positions() * c * tiles];
+                let mut base = fast.clone();
+                let mut y_fast = vec![0.0; count * o * h * w];
+                let mut y_base = y_fast.clone();
+                let m = values(tile.positions() * o * tiles, 3);
+                match tile {
+                    Tile::F2 => {
+                        transform_inputs(&x, &g, 1, count, &mut fast);
+                        transform_inputs_body(&x, &g, 1, count, &mut base);
+                        transform_outputs(&m, &g, count, &mut y_fast);
+                        transform_outputs_body(&m, &g, count, &mut y_base);
+                    }
+                    Tile::F4 => {
+                        transform_inputs_f4(&x, &g, 1, count, &mut fast);
+                        transform_inputs_f4_body(&x, &g, 1, count, &mut base);
+                        transform_outputs_f4(&m, &g, count, &mut y_fast);
+                        transform_outputs_f4_body(&m, &g, count, &mut y_base);
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fast), bits(&base), "{tile:?} inputs, {h}x{w}");
+                assert_eq!(bits(&y_fast), bits(&y_base), "{tile:?} outputs, {h}x{w}");
+                assert!(fast.iter().any(|v| *v != 0.0) && y_fast.iter().any(|v| *v != 0.0));
+            }
+            let weight = values(o * c * 9, 5);
+            for flip in [false, true] {
+                let (rows, inner) = if flip { (c, o) } else { (o, c) };
+                let coefs: Vec<[f32; 9]> = (0..36)
+                    .map(|pos| {
+                        std::array::from_fn(|k| {
+                            (G_F4[pos / 6][k / 3] * G_F4[pos % 6][k % 3]) as f32
+                        })
+                    })
+                    .collect();
+                for row in 0..rows {
+                    let mut taps = vec![0.0; 9 * inner];
+                    let mut fast = vec![0.0; 36 * inner];
+                    let mut base = fast.clone();
+                    filter_row(&weight, c, flip, row, &coefs, &mut taps, &mut fast);
+                    filter_row_body(&weight, c, flip, row, &coefs, &mut taps, &mut base);
+                    assert_eq!(fast, base, "filter row {row}, flip {flip}");
+                }
+            }
+        }
+    }
+}
