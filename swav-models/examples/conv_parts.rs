@@ -86,6 +86,7 @@ fn main() {
                 best(|| conv3x3_input_grad_with(Tile::F2, &wv, &gv, &geo)[0]),
                 best(|| swav_models::flexconv::conv2d_weight_grad_im2col(&xv, &gv, &geo)[0]),
                 best(|| swav_models::flexconv::conv3x3_weight_grad_shifted(&xv, &gv, &geo)[0]),
+                best(|| swav_models::winograd::conv3x3_weight_grad(&xv, &gv, &geo)[0]),
             )
         });
         let gflop = 2.0 * (b * c * c * 9 * so * so) as f64 / 1e9;
@@ -101,14 +102,15 @@ fn main() {
             gflop / oxb * 1e3,
             gflop / owb * 1e3
         );
-        if let Some((ifwd, ixb, f2fwd, f2xb, iwb, swb)) = im2col {
+        if let Some((ifwd, ixb, f2fwd, f2xb, iwb, swb, wwb)) = im2col {
             println!(
-                "    (flexconv above: Winograd {:?}; im2col: fwd {ifwd:.1} ms ({:.1})  x-grad {ixb:.1} ms ({:.1})  w-grad {iwb:.1} ms ({:.1}); shifted w-grad {swb:.1} ms ({:.1});",
+                "    (flexconv above: Winograd {:?}; im2col: fwd {ifwd:.1} ms ({:.1})  x-grad {ixb:.1} ms ({:.1})  w-grad {iwb:.1} ms ({:.1}); shifted w-grad {swb:.1} ms ({:.1}); Winograd F4 w-grad {wwb:.1} ms ({:.1});",
                 swav_models::winograd::DEFAULT_TILE,
                 gflop / ifwd * 1e3,
                 gflop / ixb * 1e3,
                 gflop / iwb * 1e3,
-                gflop / swb * 1e3
+                gflop / swb * 1e3,
+                gflop / wwb * 1e3
             );
             println!(
                 "     Winograd F2: fwd {f2fwd:.1} ms ({:.1})  x-grad {f2xb:.1} ms ({:.1}))",

@@ -393,26 +393,30 @@ fn gather_group(
 
 /// The weight gradient of a convolution without groups or dilation, `[O, C, kh, kw]` row-major,
 /// from the input `x` (`[B, C, H, W]`) and the output gradient (`[B, O, Ho, Wo]`), both
-/// contiguous row-major f32: by [`conv3x3_weight_grad_shifted`] for the 3x3 stride-1 "same"
-/// convolutions with at least 16 channels on each side and images of about 15x15 or more, else
-/// by [`conv2d_weight_grad_im2col`].
+/// contiguous row-major f32: by Winograd's F(4x4, 3x3) ([`crate::winograd::conv3x3_weight_grad`])
+/// where [`crate::winograd::serves_weight_grad`] says so (3x3 stride-1 "same" convolutions with
+/// at least 16 channels on each side and at most 512 x 512), else by
+/// [`conv3x3_weight_grad_shifted`] for the larger such convolutions on images of about 15x15
+/// or more, else by [`conv2d_weight_grad_im2col`].
 ///
 /// # Panics
 /// If the slices' lengths do not match `geometry`.
 pub fn conv2d_weight_grad(x: &[f32], output_grad: &[f32], geometry: &ConvGeometry) -> Vec<f32> {
-    if shifted_serves(geometry) {
+    if crate::winograd::serves_weight_grad(geometry) {
+        crate::winograd::conv3x3_weight_grad(x, output_grad, geometry)
+    } else if shifted_serves(geometry) {
         conv3x3_weight_grad_shifted(x, output_grad, geometry)
     } else {
         conv2d_weight_grad_im2col(x, output_grad, geometry)
     }
 }
 
-/// Whether [`conv2d_weight_grad`] takes [`conv3x3_weight_grad_shifted`]: a 3x3 stride-1 "same"
-/// convolution with at least 16 channels on each side whose images are large enough that the
-/// laid-out rows' extra zeros (one per row and one row per image) add at most 1/7 to the GEMM
-/// depth (15x15 and up). On smaller images the im2col path is as fast or faster (`cargo run
-/// --release -p swav-models --example conv_parts`, which times both: at 16 px 14 vs 16 ms, at
-/// 8 px, where the zeros add 27 %, 16.5 vs 14.5 ms; at 4x4 they add 56 %).
+/// Whether [`conv2d_weight_grad`] may take [`conv3x3_weight_grad_shifted`]: a 3x3 stride-1
+/// "same" convolution with at least 16 channels on each side whose images are large enough
+/// that the laid-out rows' extra zeros (one per row and one row per image) add at most 1/7 to
+/// the GEMM depth (15x15 and up). On smaller images the im2col path is as fast or faster
+/// (`cargo run --release -p swav-models --example conv_parts`, which times every path: at 16
+/// px 14 vs 16 ms, at 8 px, where the zeros add 27 %, 16.5 vs 14.5 ms; at 4x4 they add 56 %).
 fn shifted_serves(g: &ConvGeometry) -> bool {
     crate::winograd::serves(g) && 7 * (g.height + 1) * (g.width + 1) <= 8 * g.height * g.width
 }

@@ -1,11 +1,11 @@
 //! Winograd convolutions (`swav_models::winograd`, both tiles: F(2x2, 3x3) and F(4x4, 3x3))
-//! against plain f64 loops: the forward and the input gradient, on odd, non-square, 1x1 and 2x2
-//! images, batch 1 and larger.
+//! against plain f64 loops: the forward, the input gradient and (F(4x4, 3x3)) the weight
+//! gradient, on odd, non-square, 1x1 and 2x2 images, batch 1 and larger.
 
 use swav_models::flexconv::ConvGeometry;
 use swav_models::winograd::{
     DEFAULT_TILE, Tile, conv3x3_forward, conv3x3_forward_with, conv3x3_input_grad,
-    conv3x3_input_grad_with, serves,
+    conv3x3_input_grad_with, conv3x3_weight_grad, serves,
 };
 
 fn geometry(b: usize, c: usize, h: usize, w: usize, o: usize) -> ConvGeometry {
@@ -78,6 +78,13 @@ fn input_grad_f64(w: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f64> {
     let mut dx = vec![0.0f64; g.batch * g.channels_in * g.height * g.width];
     for_each_product(g, |xi, wi, yi| dx[xi] += dy[yi] as f64 * w[wi] as f64);
     dx
+}
+
+/// The weight gradient of [`forward_f64`] for the output gradient `dy`, in f64.
+fn weight_grad_f64(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f64> {
+    let mut dw = vec![0.0f64; g.channels_out * g.channels_in * 9];
+    for_each_product(g, |xi, wi, yi| dw[wi] += dy[yi] as f64 * x[xi] as f64);
+    dw
 }
 
 /// Asserts every element within `tolerance` of the largest reference value; returns the largest
@@ -187,4 +194,36 @@ fn a_strided_geometry_is_refused() {
     g.stride = [2, 2];
     g.out = [4, 4];
     conv3x3_forward(&values(16 * 64, 1), &values(16 * 16 * 9, 2), &g);
+}
+
+/// The F(4x4, 3x3) weight gradient against the f64 loop: odd and non-square images (tiles cut
+/// by the border), 1x1 and 2x2 images, one image and batches that span several groups and
+/// threads.
+#[test]
+fn weight_gradient_matches_a_plain_loop() {
+    let mut worst = 0.0f64;
+    for (b, c, h, w, o) in [
+        (2, 16, 9, 7, 17),
+        (3, 20, 4, 4, 16),
+        (1, 16, 1, 1, 16),
+        (5, 16, 2, 3, 18),
+        (2, 24, 8, 8, 32),
+        (9, 16, 5, 6, 16),
+        (2, 64, 13, 10, 16),
+        (1, 16, 3, 11, 20),
+        (33, 16, 4, 4, 16),
+        (4, 16, 17, 18, 16),
+    ] {
+        let g = geometry(b, c, h, w, o);
+        let x = values(b * c * h * w, 11 + b as u64);
+        let dy = values(b * o * h * w, 5 + o as u64);
+        worst = worst.max(assert_close(
+            "F4 weight gradient",
+            &conv3x3_weight_grad(&x, &dy, &g),
+            &weight_grad_f64(&x, &dy, &g),
+            &g,
+            1e-5,
+        ));
+    }
+    eprintln!("F4 weight gradient: largest error {worst:e} of the scale");
 }
