@@ -958,9 +958,13 @@ pub fn conv3x3_weight_grad(x: &[f32], output_grad: &[f32], g: &ConvGeometry) -> 
     let per_group = (TILES_PER_GEMM / tiles_per_image).clamp(1, per_part);
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
-        .map(|part| {
-            let mut acc = vec![0.0f32; size];
+        .filter_map(|part| {
             let (begin, end) = (part * per_part, ((part + 1) * per_part).min(g.batch));
+            if begin >= end {
+                return None;
+            }
+            // Not zeroed: the first group's GEMMs (which do not read it) write all of it.
+            let mut acc: Vec<f32> = Vec::with_capacity(size);
             let mut v = Vec::new();
             let mut mg = Vec::new();
             let mut first = begin;
@@ -973,18 +977,19 @@ pub fn conv3x3_weight_grad(x: &[f32], output_grad: &[f32], g: &ConvGeometry) -> 
                 transform_inputs_f4(x, g, first, count, &mut v);
                 transform_output_grads_f4(output_grad, g, first, count, &mut mg);
                 for pos in 0..36 {
-                    let ap = &mut acc[pos * o * c..(pos + 1) * o * c];
                     let mp = &mg[pos * o * tiles..(pos + 1) * o * tiles];
                     let vp = &v[pos * c * tiles..(pos + 1) * c * tiles];
-                    // SAFETY: ap is o x c (row stride c), mp o x tiles (row stride tiles), and
-                    // vp c x tiles read transposed as tiles x c (column stride tiles): the
-                    // slices above have exactly these lengths and do not overlap.
+                    // SAFETY: acc's capacity is 36·o·c, so position pos's o x c block (row
+                    // stride c) from pos·o·c lies within it; before the first group is done it
+                    // is only written (read_dst is false then), never read. mp is o x tiles
+                    // (row stride tiles) and vp c x tiles read transposed as tiles x c (column
+                    // stride tiles): the slices above have exactly these lengths. None overlap.
                     unsafe {
                         gemm::gemm(
                             o,
                             c,
                             tiles,
-                            ap.as_mut_ptr(),
+                            acc.as_mut_ptr().add(pos * o * c),
                             1,
                             c as isize,
                             started,
@@ -1003,26 +1008,47 @@ pub fn conv3x3_weight_grad(x: &[f32], output_grad: &[f32], g: &ConvGeometry) -> 
                         );
                     }
                 }
-                started = true;
+                if !started {
+                    // SAFETY: the 36 GEMMs above wrote every one of the 36·o·c values.
+                    unsafe { acc.set_len(size) };
+                    started = true;
+                }
                 first += count;
             }
-            acc
+            Some(acc)
         })
         .collect();
     let mut partials = partials.into_iter();
     let mut du = partials.next().unwrap_or_else(|| vec![0.0; size]);
     for p in partials {
-        for (a, b) in du.iter_mut().zip(&p) {
-            *a += b;
-        }
+        add_into(&mut du, &p);
     }
     filter_grads_from(&du, o * c)
 }
 
+/// `a += b`, element by element.
+#[inline(always)]
+fn add_into_body(a: &mut [f32], b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+multiversion!(
+    /// [`add_into_body`] for the CPU at hand.
+    fn add_into = add_into_body(a: &mut [f32], b: &[f32])
+);
+
+multiversion!(
+    /// [`filter_grads_from_body`] for the CPU at hand.
+    fn filter_grads_from = filter_grads_from_body(du: &[f32], n: usize) -> Vec<f32>
+);
+
 /// `dW = Gᵀ dU G` for `n` filters from `du` (`[36, n]`), as `[n, 3, 3]`: first over the
 /// columns (`[6, 3, n]`), then over the rows, as vector passes over the filters, products taken
 /// in f32 with the coefficients of [`G_F4`].
-fn filter_grads_from(du: &[f32], n: usize) -> Vec<f32> {
+#[inline(always)]
+fn filter_grads_from_body(du: &[f32], n: usize) -> Vec<f32> {
     let gc: [[f32; 3]; 6] = std::array::from_fn(|r| std::array::from_fn(|i| G_F4[r][i] as f32));
     // t[(r · 3 + j) · n + f] = Σ_s dU[r · 6 + s][f] · G[s][j]
     let mut t = vec![0.0f32; 18 * n];

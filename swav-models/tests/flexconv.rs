@@ -118,11 +118,16 @@ fn weight_grad_matches_a_plain_loop() {
         if (k, s, p) == (3, 1, 1) {
             results.push(("shifted", conv3x3_weight_grad_shifted(&x, &g, &geo)));
         }
+        // Winograd's F(4x4, 3x3), which the dispatch takes for the 3x3 stride-1 cases with 16
+        // channels and more, rounds with an error proportional to the largest values (a few
+        // 1e-6 of them, tests/winograd.rs), not to each element: small elements are held to
+        // 1e-5 of the largest.
+        let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         for (path, fast) in results {
             assert_eq!(fast.len(), reference.len());
             for (i, (a, r)) in fast.iter().zip(&reference).enumerate() {
                 assert!(
-                    (*a as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                    (*a as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()) + 1e-5 * scale,
                     "{path}, case {:?}: element {i}: {a} vs {r}",
                     (b, c, h, w, o, k, s, p)
                 );
