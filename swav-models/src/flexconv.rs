@@ -11,6 +11,11 @@
 //! - input gradient: `dcol = Wᵀ · dY_b`, added back onto `dX_b` (col2im);
 //! - weight gradient: `dW += dY_b · col(x_b)ᵀ`, one accumulator per thread, summed in order.
 //!
+//! The 3x3 stride-1 "same" convolutions with 16 channels and more take Winograd's algorithm
+//! instead ([`crate::winograd`]): forward, input gradient and (up to 512 x 512 channels) weight
+//! gradient; wider ones on larger images take the weight gradient by shifted GEMMs
+//! ([`conv3x3_weight_grad_shifted`]).
+//!
 //! Images are split over the rayon threads (the GEMM itself is split when there are fewer
 //! images than threads); every sum runs in a fixed order, so results do not depend on timing.
 //! Measured per kernel and per training step in docs/benchmarks.md

@@ -3,7 +3,12 @@
 //! over the transformed tiles, with [`Tile::F4`] (F(4x4, 3x3): 36 multiplications per input and
 //! output channel pair for 16 outputs instead of 144) by default and [`Tile::F2`] (F(2x2, 3x3):
 //! 16 for 4 instead of 36) on request. The forward and (with the weight flipped and transposed)
-//! the input gradient of a ResNet's 3x3 convolutions.
+//! the input gradient of a ResNet's 3x3 convolutions, and by F(4x4, 3x3) their weight gradient
+//! ([`conv3x3_weight_grad`]: `dW = Gᵀ [Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)] G`).
+//!
+//! The F(4x4, 3x3) transforms gather every tile of a group of images into rows as long as the
+//! group has tiles and run as vector passes over those rows, so small images vectorize as well
+//! as large ones; they are compiled for AVX-512, AVX2 and the baseline, chosen at run time.
 //!
 //! With `d` an input tile and `g` a 3x3 filter: `U = G g Gᵀ`, `V = Bᵀ d B`, and the output
 //! tile `Y = Aᵀ (Σ_c U ⊙ V) A`. For F(2x2, 3x3):
@@ -1150,6 +1155,22 @@ mod tests {
                     }
                 }
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                if tile == Tile::F4 {
+                    // The output gradient's transform of the weight gradient.
+                    let dy = values(g.batch * o * h * w, 9);
+                    let mut mg_fast = vec![0.0; 36 * o * tiles];
+                    let mut mg_base = mg_fast.clone();
+                    transform_output_grads_f4(&dy, &g, 1, count, &mut mg_fast);
+                    transform_output_grads_f4_body(&dy, &g, 1, count, &mut mg_base);
+                    assert_eq!(bits(&mg_fast), bits(&mg_base), "output gradients, {h}x{w}");
+                    assert!(mg_fast.iter().any(|v| *v != 0.0));
+                    let du = values(36 * o * c, 4);
+                    assert_eq!(
+                        bits(&filter_grads_from(&du, o * c)),
+                        bits(&filter_grads_from_body(&du, o * c)),
+                        "filter gradients"
+                    );
+                }
                 assert_eq!(bits(&fast), bits(&base), "{tile:?} inputs, {h}x{w}");
                 assert_eq!(bits(&y_fast), bits(&y_base), "{tile:?} outputs, {h}x{w}");
                 assert!(fast.iter().any(|v| *v != 0.0) && y_fast.iter().any(|v| *v != 0.0));
