@@ -350,6 +350,30 @@ pub struct ConvGeometry {
     pub padding: [usize; 2],
 }
 
+impl ConvGeometry {
+    /// A 3x3, stride-1, padding-1 ("same") convolution of `batch` images of `channels_in` x
+    /// `height` x `width` into `channels_out` channels of the same size.
+    pub fn same_3x3(
+        batch: usize,
+        channels_in: usize,
+        height: usize,
+        width: usize,
+        channels_out: usize,
+    ) -> Self {
+        Self {
+            batch,
+            channels_in,
+            height,
+            width,
+            channels_out,
+            kernel: [3, 3],
+            out: [height, width],
+            stride: [1, 1],
+            padding: [1, 1],
+        }
+    }
+}
+
 /// How many images share one weight-gradient GEMM: enough that its inner dimension (images x
 /// output positions) reaches [`GEMM_COLUMNS`], but no more than leaves every thread a group of
 /// its own. Late ResNet stages have few output positions per image (16 at 4x4): one GEMM per

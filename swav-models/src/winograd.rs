@@ -330,6 +330,14 @@ fn transform_filters(weight: &[f32], o: usize, c: usize, flip: bool, tile: Tile)
     u
 }
 
+/// `dst += a · src`, element by element (the lengths equal).
+#[inline(always)]
+fn axpy(dst: &mut [f32], a: f32, src: &[f32]) {
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d += a * v;
+    }
+}
+
 /// One output channel's transformed filters for [`transform_filters`] (`taps` is scratch of
 /// `9 · inner` values; `out` is `[P, inner]`).
 #[inline(always)]
@@ -359,9 +367,7 @@ fn filter_row_body(
             if a == 0.0 {
                 continue;
             }
-            for (d, t) in dst.iter_mut().zip(&taps[k * inner..(k + 1) * inner]) {
-                *d += a * t;
-            }
+            axpy(dst, a, &taps[k * inner..(k + 1) * inner]);
         }
     }
 }
@@ -470,6 +476,18 @@ fn rows_mut<const R: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; R] {
     })
 }
 
+/// `R` rows of `len` values, one starting every `stride` values of `buf` (`stride ≥ len`;
+/// `buf` at least `(R - 1) · stride + len` long).
+fn strided_rows_mut<const R: usize>(buf: &mut [f32], stride: usize, len: usize) -> [&mut [f32]; R] {
+    let mut rest = buf;
+    std::array::from_fn(|r| {
+        let step = if r + 1 < R { stride } else { len };
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(step);
+        rest = tail;
+        &mut head[..len]
+    })
+}
+
 /// `buf` (at least `R · len` long) as its first `R` rows of `len` values.
 fn rows<const R: usize>(buf: &[f32], len: usize) -> [&[f32]; R] {
     std::array::from_fn(|r| &buf[r * len..(r + 1) * len])
@@ -538,20 +556,9 @@ fn transform_inputs_f4_body(
             let (a0, a1, a2) = (&a0[..tiles], &a1[..tiles], &a2[..tiles]);
             let (a3, a4, a5) = (&a3[..tiles], &a4[..tiles], &a5[..tiles]);
             // Rows r' · 6 + j of s, r' = 0 .. 5: six rows of `tiles`, 6 · tiles apart.
-            let mut outs: [&mut [f32]; 6] = {
-                let mut rest = &mut s[j * tiles..];
-                std::array::from_fn(|r| {
-                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(if r < 5 {
-                        6 * tiles
-                    } else {
-                        tiles
-                    });
-                    rest = tail;
-                    head
-                })
-            };
-            let [o0, o1, o2, o3, o4, o5] = &mut outs;
-            bt_f4_rows(a0, a1, a2, a3, a4, a5, &mut o0[..tiles], o1, o2, o3, o4, o5);
+            let [o0, o1, o2, o3, o4, o5] =
+                strided_rows_mut::<6>(&mut s[j * tiles..], 6 * tiles, tiles);
+            bt_f4_rows(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, o4, o5);
         }
         // Columns: v[r' · 6 + s'] = (s B)[r'][s'], into the channel's run of each position.
         for rr in 0..6 {
@@ -600,20 +607,8 @@ fn transform_outputs_f4_body(m: &[f32], g: &ConvGeometry, count: usize, y: &mut 
                 std::array::from_fn(|r| &m[(r * 6 + s) * ot + o * tiles..][..tiles]);
             let (m0, m1, m2) = (&m0[..tiles], &m1[..tiles], &m2[..tiles]);
             let (m3, m4, m5) = (&m3[..tiles], &m4[..tiles], &m5[..tiles]);
-            let mut outs: [&mut [f32]; 4] = {
-                let mut rest = &mut t[s * tiles..];
-                std::array::from_fn(|a| {
-                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(if a < 3 {
-                        6 * tiles
-                    } else {
-                        tiles
-                    });
-                    rest = tail;
-                    head
-                })
-            };
-            let [t0, t1, t2, t3] = &mut outs;
-            at_f4_rows(m0, m1, m2, m3, m4, m5, &mut t0[..tiles], t1, t2, t3);
+            let [t0, t1, t2, t3] = strided_rows_mut::<4>(&mut t[s * tiles..], 6 * tiles, tiles);
+            at_f4_rows(m0, m1, m2, m3, m4, m5, t0, t1, t2, t3);
         }
         for a in 0..4 {
             let [s0, s1, s2, s3, s4, s5] = rows::<6>(&t[a * 6 * tiles..], tiles);
@@ -880,20 +875,9 @@ fn transform_output_grads_f4_body(
         for b in 0..4 {
             let [a0, a1, a2, a3]: [&[f32]; 4] =
                 std::array::from_fn(|a| &d[(a * 4 + b) * tiles..][..tiles]);
-            let mut outs: [&mut [f32]; 6] = {
-                let mut rest = &mut s[b * tiles..];
-                std::array::from_fn(|r| {
-                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(if r < 5 {
-                        4 * tiles
-                    } else {
-                        tiles
-                    });
-                    rest = tail;
-                    head
-                })
-            };
-            let [o0, o1, o2, o3, o4, o5] = &mut outs;
-            a_f4_rows(a0, a1, a2, a3, &mut o0[..tiles], o1, o2, o3, o4, o5);
+            let [o0, o1, o2, o3, o4, o5] =
+                strided_rows_mut::<6>(&mut s[b * tiles..], 4 * tiles, tiles);
+            a_f4_rows(a0, a1, a2, a3, o0, o1, o2, o3, o4, o5);
         }
         // Columns: mg[r · 6 + c'] = (s Aᵀ)[r][c'], into the channel's run of each position.
         for r in 0..6 {
@@ -1065,10 +1049,7 @@ fn filter_grads_from_body(du: &[f32], n: usize) -> Vec<f32> {
                 if coef == 0.0 {
                     continue;
                 }
-                let src = &du[(r * 6 + s) * n..][..n];
-                for (d, v) in dst.iter_mut().zip(src) {
-                    *d += coef * v;
-                }
+                axpy(dst, coef, &du[(r * 6 + s) * n..][..n]);
             }
         }
     }
@@ -1082,10 +1063,7 @@ fn filter_grads_from_body(du: &[f32], n: usize) -> Vec<f32> {
                 if coef == 0.0 {
                     continue;
                 }
-                let src = &t[(r * 3 + j) * n..][..n];
-                for (d, v) in dst.iter_mut().zip(src) {
-                    *d += coef * v;
-                }
+                axpy(dst, coef, &t[(r * 3 + j) * n..][..n]);
             }
         }
     }
@@ -1102,20 +1080,6 @@ fn filter_grads_from_body(du: &[f32], n: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn geometry(batch: usize, c: usize, o: usize, h: usize, w: usize) -> ConvGeometry {
-        ConvGeometry {
-            batch,
-            channels_in: c,
-            height: h,
-            width: w,
-            channels_out: o,
-            kernel: [3, 3],
-            out: [h, w],
-            stride: [1, 1],
-            padding: [1, 1],
-        }
-    }
-
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
@@ -1131,7 +1095,7 @@ mod tests {
     fn every_compiled_version_of_the_transforms_rounds_alike() {
         for (h, w) in [(4, 4), (5, 7), (8, 8), (13, 6), (32, 32)] {
             let (count, c, o) = (3, 5, 4);
-            let g = geometry(count + 1, c, o, h, w);
+            let g = ConvGeometry::same_3x3(count + 1, c, h, w, o);
             let x = values(g.batch * c * h * w, 7);
             for tile in [Tile::F2, Tile::F4] {
                 let tiles = count * h.div_ceil(tile.output()) * w.div_ceil(tile.output());

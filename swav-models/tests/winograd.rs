@@ -8,19 +8,18 @@ use swav_models::winograd::{
     conv3x3_input_grad_with, conv3x3_weight_grad, serves,
 };
 
-fn geometry(b: usize, c: usize, h: usize, w: usize, o: usize) -> ConvGeometry {
-    ConvGeometry {
-        batch: b,
-        channels_in: c,
-        height: h,
-        width: w,
-        channels_out: o,
-        kernel: [3, 3],
-        out: [h, w],
-        stride: [1, 1],
-        padding: [1, 1],
-    }
-}
+/// (batch, channels in, height, width, channels out): odd, non-square, 1x1 and 2x2 images,
+/// batch 1 to 9.
+const CASES: [(usize, usize, usize, usize, usize); 8] = [
+    (2, 16, 9, 7, 17),
+    (3, 20, 4, 4, 16),
+    (1, 16, 1, 1, 16),
+    (5, 16, 2, 3, 18),
+    (2, 24, 8, 8, 32),
+    (9, 16, 5, 6, 16),
+    (2, 64, 13, 10, 16),
+    (1, 16, 3, 11, 20),
+];
 
 /// Deterministic values in [-1, 1) from a seed (no RNG crate needed).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -116,18 +115,8 @@ fn tolerance(tile: Tile) -> f64 {
 fn forward_and_input_gradient_match_plain_loops() {
     for tile in [Tile::F2, Tile::F4] {
         let mut worst = 0.0f64;
-        // (batch, channels in, height, width, channels out)
-        for (b, c, h, w, o) in [
-            (2, 16, 9, 7, 17),
-            (3, 20, 4, 4, 16),
-            (1, 16, 1, 1, 16),
-            (5, 16, 2, 3, 18),
-            (2, 24, 8, 8, 32),
-            (9, 16, 5, 6, 16),
-            (2, 64, 13, 10, 16),
-            (1, 16, 3, 11, 20),
-        ] {
-            let g = geometry(b, c, h, w, o);
+        for (b, c, h, w, o) in CASES {
+            let g = ConvGeometry::same_3x3(b, c, h, w, o);
             assert!(serves(&g));
             let x = values(b * c * h * w, 1 + b as u64);
             let wt = values(o * c * 9, 7 + c as u64);
@@ -154,7 +143,7 @@ fn forward_and_input_gradient_match_plain_loops() {
 
 #[test]
 fn the_default_tile_is_what_the_plain_calls_use() {
-    let g = geometry(3, 16, 6, 9, 24);
+    let g = ConvGeometry::same_3x3(3, 16, 6, 9, 24);
     let x = values(3 * 16 * 54, 11);
     let wt = values(24 * 16 * 9, 12);
     let dy = values(3 * 24 * 54, 13);
@@ -170,18 +159,21 @@ fn the_default_tile_is_what_the_plain_calls_use() {
 
 #[test]
 fn only_3x3_stride_one_same_convolutions_with_enough_channels_are_served() {
-    assert!(serves(&geometry(4, 64, 32, 32, 64)));
-    assert!(!serves(&geometry(4, 3, 32, 32, 64)), "an RGB stem");
-    assert!(!serves(&geometry(4, 64, 32, 32, 8)));
-    let mut strided = geometry(4, 64, 32, 32, 64);
+    assert!(serves(&ConvGeometry::same_3x3(4, 64, 32, 32, 64)));
+    assert!(
+        !serves(&ConvGeometry::same_3x3(4, 3, 32, 32, 64)),
+        "an RGB stem"
+    );
+    assert!(!serves(&ConvGeometry::same_3x3(4, 64, 32, 32, 8)));
+    let mut strided = ConvGeometry::same_3x3(4, 64, 32, 32, 64);
     strided.stride = [2, 2];
     strided.out = [16, 16];
     assert!(!serves(&strided));
-    let mut unpadded = geometry(4, 64, 32, 32, 64);
+    let mut unpadded = ConvGeometry::same_3x3(4, 64, 32, 32, 64);
     unpadded.padding = [0, 0];
     unpadded.out = [30, 30];
     assert!(!serves(&unpadded));
-    let mut one = geometry(4, 64, 32, 32, 64);
+    let mut one = ConvGeometry::same_3x3(4, 64, 32, 32, 64);
     one.kernel = [1, 1];
     one.padding = [0, 0];
     assert!(!serves(&one));
@@ -190,7 +182,7 @@ fn only_3x3_stride_one_same_convolutions_with_enough_channels_are_served() {
 #[test]
 #[should_panic(expected = "not a 3x3 stride-1 padding-1 convolution")]
 fn a_strided_geometry_is_refused() {
-    let mut g = geometry(1, 16, 8, 8, 16);
+    let mut g = ConvGeometry::same_3x3(1, 16, 8, 8, 16);
     g.stride = [2, 2];
     g.out = [4, 4];
     conv3x3_forward(&values(16 * 64, 1), &values(16 * 16 * 9, 2), &g);
@@ -202,19 +194,13 @@ fn a_strided_geometry_is_refused() {
 #[test]
 fn weight_gradient_matches_a_plain_loop() {
     let mut worst = 0.0f64;
-    for (b, c, h, w, o) in [
-        (2, 16, 9, 7, 17),
-        (3, 20, 4, 4, 16),
-        (1, 16, 1, 1, 16),
-        (5, 16, 2, 3, 18),
-        (2, 24, 8, 8, 32),
-        (9, 16, 5, 6, 16),
-        (2, 64, 13, 10, 16),
-        (1, 16, 3, 11, 20),
-        (33, 16, 4, 4, 16),
-        (4, 16, 17, 18, 16),
-    ] {
-        let g = geometry(b, c, h, w, o);
+    // Beyond the shared cases: a batch over several groups and both threads, and tiles cut by
+    // the border on a larger image.
+    for (b, c, h, w, o) in CASES
+        .into_iter()
+        .chain([(33, 16, 4, 4, 16), (4, 16, 17, 18, 16)])
+    {
+        let g = ConvGeometry::same_3x3(b, c, h, w, o);
         let x = values(b * c * h * w, 11 + b as u64);
         let dy = values(b * o * h * w, 5 + o as u64);
         worst = worst.max(assert_close(
