@@ -401,70 +401,39 @@ fn at_f4(m0: f32, m1: f32, m2: f32, m3: f32, m4: f32, m5: f32) -> [f32; 4] {
     ]
 }
 
-/// [`bt_f4`] lane by lane over six rows into six rows (all of one length). The rows are
-/// separate arguments so the compiler knows they do not overlap and vectorizes the loop.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn bt_f4_rows(
-    a0: &[f32],
-    a1: &[f32],
-    a2: &[f32],
-    a3: &[f32],
-    a4: &[f32],
-    a5: &[f32],
-    o0: &mut [f32],
-    o1: &mut [f32],
-    o2: &mut [f32],
-    o3: &mut [f32],
-    o4: &mut [f32],
-    o5: &mut [f32],
-) {
-    let n = o0.len();
-    let (a0, a1, a2, a3, a4, a5) = (&a0[..n], &a1[..n], &a2[..n], &a3[..n], &a4[..n], &a5[..n]);
-    let (o1, o2, o3, o4, o5) = (
-        &mut o1[..n],
-        &mut o2[..n],
-        &mut o3[..n],
-        &mut o4[..n],
-        &mut o5[..n],
-    );
-    for k in 0..n {
-        let r = bt_f4(a0[k], a1[k], a2[k], a3[k], a4[k], a5[k]);
-        o0[k] = r[0];
-        o1[k] = r[1];
-        o2[k] = r[2];
-        o3[k] = r[3];
-        o4[k] = r[4];
-        o5[k] = r[5];
-    }
+/// Defines `$name(inputs.., outputs..)`: `$f` applied lane by lane over the input rows, its
+/// `i`-th result written into output row `i` (all rows as long as the first output). Each row is
+/// its own argument so the compiler knows they do not overlap and vectorizes the loop (as
+/// locals split from one buffer they stayed scalar).
+macro_rules! lanewise {
+    ($(#[$doc:meta])* fn $name:ident = $f:ident($($a:ident),+) -> ($($o:ident: $i:tt),+)) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        fn $name($($a: &[f32],)+ $($o: &mut [f32],)+) {
+            let n = [$($o.len()),+][0];
+            $(let $a = &$a[..n];)+
+            $(let $o = &mut $o[..n];)+
+            for k in 0..n {
+                let r = $f($($a[k]),+);
+                $($o[k] = r[$i];)+
+            }
+        }
+    };
 }
 
-/// [`at_f4`] lane by lane over six rows into four rows, as [`bt_f4_rows`].
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn at_f4_rows(
-    a0: &[f32],
-    a1: &[f32],
-    a2: &[f32],
-    a3: &[f32],
-    a4: &[f32],
-    a5: &[f32],
-    o0: &mut [f32],
-    o1: &mut [f32],
-    o2: &mut [f32],
-    o3: &mut [f32],
-) {
-    let n = o0.len();
-    let (a0, a1, a2, a3, a4, a5) = (&a0[..n], &a1[..n], &a2[..n], &a3[..n], &a4[..n], &a5[..n]);
-    let (o1, o2, o3) = (&mut o1[..n], &mut o2[..n], &mut o3[..n]);
-    for k in 0..n {
-        let r = at_f4(a0[k], a1[k], a2[k], a3[k], a4[k], a5[k]);
-        o0[k] = r[0];
-        o1[k] = r[1];
-        o2[k] = r[2];
-        o3[k] = r[3];
-    }
-}
+lanewise!(
+    /// [`bt_f4`] over six rows into six.
+    fn bt_f4_rows = bt_f4(a0, a1, a2, a3, a4, a5) -> (o0: 0, o1: 1, o2: 2, o3: 3, o4: 4, o5: 5)
+);
+lanewise!(
+    /// [`at_f4`] over six rows into four.
+    fn at_f4_rows = at_f4(a0, a1, a2, a3, a4, a5) -> (o0: 0, o1: 1, o2: 2, o3: 3)
+);
+lanewise!(
+    /// [`a_f4`] over four rows into six.
+    fn a_f4_rows = a_f4(a0, a1, a2, a3) -> (o0: 0, o1: 1, o2: 2, o3: 3, o4: 4, o5: 5)
+);
 
 /// `buf` (at least `R · len` long) as its first `R` rows of `len` values.
 fn rows_mut<const R: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; R] {
@@ -553,8 +522,6 @@ fn transform_inputs_f4_body(
         for j in 0..6 {
             let [a0, a1, a2, a3, a4, a5]: [&[f32]; 6] =
                 std::array::from_fn(|r| &d[(r * 6 + j) * tiles..][..tiles]);
-            let (a0, a1, a2) = (&a0[..tiles], &a1[..tiles], &a2[..tiles]);
-            let (a3, a4, a5) = (&a3[..tiles], &a4[..tiles], &a5[..tiles]);
             // Rows r' · 6 + j of s, r' = 0 .. 5: six rows of `tiles`, 6 · tiles apart.
             let [o0, o1, o2, o3, o4, o5] =
                 strided_rows_mut::<6>(&mut s[j * tiles..], 6 * tiles, tiles);
@@ -563,8 +530,6 @@ fn transform_inputs_f4_body(
         // Columns: v[r' · 6 + s'] = (s B)[r'][s'], into the channel's run of each position.
         for rr in 0..6 {
             let [a0, a1, a2, a3, a4, a5] = rows::<6>(&s[rr * 6 * tiles..], tiles);
-            let (a0, a1, a2) = (&a0[..tiles], &a1[..tiles], &a2[..tiles]);
-            let (a3, a4, a5) = (&a3[..tiles], &a4[..tiles], &a5[..tiles]);
             let block = &mut v[rr * 6 * ct..(rr + 1) * 6 * ct];
             let [v0, v1, v2, v3, v4, v5] = rows_mut::<6>(block, ct);
             let col = c * tiles;
@@ -605,17 +570,13 @@ fn transform_outputs_f4_body(m: &[f32], g: &ConvGeometry, count: usize, y: &mut 
         for s in 0..6 {
             let [m0, m1, m2, m3, m4, m5]: [&[f32]; 6] =
                 std::array::from_fn(|r| &m[(r * 6 + s) * ot + o * tiles..][..tiles]);
-            let (m0, m1, m2) = (&m0[..tiles], &m1[..tiles], &m2[..tiles]);
-            let (m3, m4, m5) = (&m3[..tiles], &m4[..tiles], &m5[..tiles]);
             let [t0, t1, t2, t3] = strided_rows_mut::<4>(&mut t[s * tiles..], 6 * tiles, tiles);
             at_f4_rows(m0, m1, m2, m3, m4, m5, t0, t1, t2, t3);
         }
         for a in 0..4 {
             let [s0, s1, s2, s3, s4, s5] = rows::<6>(&t[a * 6 * tiles..], tiles);
-            let (s0, s1, s2) = (&s0[..tiles], &s1[..tiles], &s2[..tiles]);
-            let (s3, s4, s5) = (&s3[..tiles], &s4[..tiles], &s5[..tiles]);
             let [q0, q1, q2, q3] = rows_mut::<4>(&mut q[a * 4 * tiles..], tiles);
-            at_f4_rows(s0, s1, s2, s3, s4, s5, &mut q0[..tiles], q1, q2, q3);
+            at_f4_rows(s0, s1, s2, s3, s4, s5, q0, q1, q2, q3);
         }
         for n in 0..count {
             let out = &mut y[(n * g.channels_out + o) * plane..][..plane];
@@ -779,41 +740,6 @@ fn a_f4(q0: f32, q1: f32, q2: f32, q3: f32) -> [f32; 6] {
     let (even, odd) = (q0 + q2, q1 + q3);
     let (even4, odd2) = (q0 + 4.0 * q2, 2.0 * q1 + 8.0 * q3);
     [q0, even + odd, even - odd, even4 + odd2, even4 - odd2, q3]
-}
-
-/// [`a_f4`] lane by lane over four rows into six rows, as [`bt_f4_rows`].
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn a_f4_rows(
-    a0: &[f32],
-    a1: &[f32],
-    a2: &[f32],
-    a3: &[f32],
-    o0: &mut [f32],
-    o1: &mut [f32],
-    o2: &mut [f32],
-    o3: &mut [f32],
-    o4: &mut [f32],
-    o5: &mut [f32],
-) {
-    let n = o0.len();
-    let (a0, a1, a2, a3) = (&a0[..n], &a1[..n], &a2[..n], &a3[..n]);
-    let (o1, o2, o3, o4, o5) = (
-        &mut o1[..n],
-        &mut o2[..n],
-        &mut o3[..n],
-        &mut o4[..n],
-        &mut o5[..n],
-    );
-    for k in 0..n {
-        let r = a_f4(a0[k], a1[k], a2[k], a3[k]);
-        o0[k] = r[0];
-        o1[k] = r[1];
-        o2[k] = r[2];
-        o3[k] = r[3];
-        o4[k] = r[4];
-        o5[k] = r[5];
-    }
 }
 
 /// `A dY Aᵀ` of F(4x4, 3x3) for every 4x4 tile of the output gradient of `count` images from
