@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -96,12 +95,6 @@ impl CropGroupBatch {
     pub fn crop(&self, c: usize) -> &[f32] {
         let per = self.batch * 3 * (self.size as usize).pow(2);
         &self.data[c * per..(c + 1) * per]
-    }
-
-    /// Moves the floats into a tensor on `device` (no copy on the host side).
-    pub fn into_tensor(self, device: &Device) -> Tensor<4> {
-        let shape = self.shape();
-        Tensor::from_data(TensorData::new(self.data, shape), device)
     }
 }
 

@@ -21,6 +21,7 @@ fn spec() -> SwavModelSpec {
         hidden_mlp: 16,
         feat_dim: 8,
         prototypes: vec![12],
+        backbone: serde_json::Value::Null,
     }
 }
 

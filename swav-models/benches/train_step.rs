@@ -11,7 +11,7 @@ use swav_models::{Backbone, ResNetConfig};
 
 /// As in the xtask binary: large freed blocks are reused (`SWAV_BLOCK_CACHE_MB=0` turns it off).
 #[global_allocator]
-static ALLOC: swav_models::block_cache::BlockCache = swav_models::block_cache::BlockCache::new();
+static ALLOC: swav_engine::BlockCache = swav_engine::BlockCache::new();
 
 fn measure(name: &str, cfg: ResNetConfig, batch: usize, side: usize, iters: usize) {
     let device = Device::flex().autodiff();

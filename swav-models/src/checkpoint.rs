@@ -38,6 +38,11 @@ pub struct SwavModelSpec {
     pub feat_dim: usize,
     /// Prototypes per head.
     pub prototypes: Vec<usize>,
+    /// The backbone's full configuration as its family describes it
+    /// ([`crate::BackboneFamily::describe`]; for a ResNet, its [`ResNetConfig`]); `null` in
+    /// checkpoints that predate it, which then rebuild from the fields above.
+    #[serde(default)]
+    pub backbone: serde_json::Value,
 }
 
 impl SwavModelSpec {

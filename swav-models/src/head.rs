@@ -51,10 +51,10 @@ impl ProjectionHead {
     /// Projects `[N, input]` features to `[N, output]` (not yet normalised; in the autocast type
     /// under [`crate::precision::with_autocast`]).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let h = crate::precision::linear(&self.fc1, x);
+        let h = crate::layers::linear(&self.fc1, x);
         match (&self.bn, &self.fc2) {
             (Some(bn), Some(fc2)) => {
-                crate::precision::linear(fc2, relu(crate::flexconv::batch_norm(bn, h)))
+                crate::layers::linear(fc2, relu(crate::layers::batch_norm(bn, h)))
             }
             _ => h,
         }

@@ -96,12 +96,15 @@ pub fn load_torchvision_resnet(net: ResNet, path: impl AsRef<Path>) -> Result<Re
 /// Loads an original SwAV checkpoint into `model`: keys with or without the `module.` prefix,
 /// the backbone at the top level, `projection_head.{0,1,3}` (or one Linear), and `prototypes`
 /// (one head) or `prototypes.prototypes{i}` (several heads). `top_level_key` selects a nested
-/// dict (e.g. `"state_dict"` in training checkpoints).
-pub fn load_swav_checkpoint(
-    model: SwavModel<ResNet>,
+/// dict (e.g. `"state_dict"` in training checkpoints). The original's backbones are ResNets:
+/// another backbone type is refused with the keys that do not fit.
+pub fn load_swav_checkpoint<
+    E: crate::Backbone + burn::module::Module + burn::module::ModuleDisplay,
+>(
+    model: SwavModel<E>,
     path: impl AsRef<Path>,
     top_level_key: Option<&str>,
-) -> Result<SwavModel<ResNet>, ModelError> {
+) -> Result<SwavModel<E>, ModelError> {
     let single_linear_head = model.head.fc2.is_none();
     let mut patterns: Vec<(&str, &str)> = vec![(r"^module\.(.*)$", "$1")];
     patterns.extend(DOWNSAMPLE);

@@ -10,25 +10,33 @@
 //! - [`load_torchvision_resnet`] and [`load_swav_checkpoint`]: PyTorch weights through burn's
 //!   store, refused with the offending keys listed when they do not fit.
 //!
+//! - [`BackboneRegistry`]: backbones rebuilt by the name and configuration a checkpoint stores
+//!   ([`BackboneFamily`], [`ModelTask`], the [`registry!`] list type).
 //! - [`write_checkpoint`] / [`read_checkpoint`]: our checkpoint container (burnpack: the model's
 //!   tensors, further named arrays and metadata, written atomically), and [`load_swav_model`]
 //!   to rebuild a model from its stored [`SwavModelSpec`].
-//! - [`block_cache::BlockCache`]: a global allocator for binaries that keeps large freed blocks
-//!   for the next step (the CPU step otherwise spends a quarter of its time faulting in pages).
+//! - [`layers`]: the one layer API (convolution, BatchNorm, Linear over burn's modules) that
+//!   applies mixed precision ([`precision`]), synchronised BatchNorm ([`syncbn`]) and the
+//!   engine's fast CPU kernels; every backbone here goes through it, and so should one from
+//!   another crate.
+//!
+//! The fast CPU path is the `swav-engine` crate, behind the `engine` feature (on by default);
+//! without it the layers use burn's own kernels and there is no synchronised BatchNorm.
 
 mod backbone;
-pub mod block_cache;
+#[cfg(feature = "engine")]
+mod bn_stats;
 mod checkpoint;
 mod error;
-pub mod flexconv;
 mod head;
 mod import;
+pub mod layers;
 pub mod precision;
+mod registry;
 mod resnet;
-mod simd;
 mod swav;
+#[cfg(feature = "engine")]
 pub mod syncbn;
-pub mod winograd;
 
 pub use backbone::Backbone;
 pub use checkpoint::{
@@ -39,6 +47,10 @@ pub use error::ModelError;
 pub use head::{ProjectionHead, ProjectionHeadConfig, Prototypes, PrototypesConfig};
 pub use import::{
     load_safetensors, load_swav_checkpoint, load_torchvision_resnet, save_safetensors,
+};
+pub use registry::{
+    BackboneFamily, BackboneRegistry, Backbones, BuildBackbone, ModelTask, ResNetFamily,
+    TaskBackbone,
 };
 pub use resnet::{Downsample, ResBlock, ResNet, ResNetConfig};
 pub use swav::{SwavModel, SwavOutput};

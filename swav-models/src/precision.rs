@@ -4,21 +4,21 @@
 //!
 //! [`with_autocast`] installs the half type for a forward pass on the calling thread. Inside it:
 //!
-//! - every ResNet convolution and the projection head's Linear layers cast their input and
+//! - every convolution and Linear layer that goes through [`crate::layers`] casts their input and
 //!   weight to the half type and return a half output (the casts are differentiable: the
 //!   parameters' gradients arrive in f32);
-//! - every BatchNorm ([`crate::flexconv::batch_norm`]) casts its input to f32 first, so
+//! - every BatchNorm ([`crate::layers::batch_norm`]) casts its input to f32 first, so
 //!   normalisation, ReLU, residual sums and pooling run in f32;
 //! - [`crate::SwavModel::forward`] returns f32 embeddings and scores (the prototypes are not
 //!   cast: the scores feed `exp(score / ε)` in the Sinkhorn).
 //!
-//! A backbone from another crate keeps its own precision. With f16, gradients of small
+//! A backbone from another crate gets the same by calling [`crate::layers`]; one that calls its
+//! modules' own `forward` keeps f32 there. With f16, gradients of small
 //! activations can underflow: the trainer scales the loss (dynamic loss scaling); bf16 has f32's
 //! range and needs none.
 
 use std::cell::Cell;
 
-use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
 
 std::thread_local! {
@@ -65,15 +65,4 @@ pub(crate) fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     } else {
         x.cast(DType::F32)
     }
-}
-
-/// A Linear layer's forward in the autocast type (its weight and bias cast; burn's own forward
-/// when none is installed).
-pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    if autocast_dtype().is_none() {
-        return layer.forward(x);
-    }
-    let weight = to_compute(layer.weight.val());
-    let bias = layer.bias.as_ref().map(|b| to_compute(b.val()));
-    burn::tensor::module::linear(to_compute(x), weight, bias)
 }

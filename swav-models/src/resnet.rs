@@ -7,12 +7,12 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::backbone::Backbone;
+use crate::layers::{batch_norm, conv2d};
 
 /// Which ResNet, and how it is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,27 +176,6 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, device: &Device) -> Co
         .init(device)
 }
 
-/// A convolution's forward: burn's own, except that a convolution without bias and with explicit
-/// padding goes through [`crate::flexconv::conv2d_no_bias`] (a faster weight gradient on flex;
-/// the same values).
-fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    match (&conv.bias, &conv.padding) {
-        (None, PaddingConfig2d::Explicit(top, left, bottom, right)) => {
-            let options = ConvOptions::new_with_padding(
-                conv.stride,
-                [(*top, *bottom), (*left, *right)],
-                conv.dilation,
-                conv.groups,
-            );
-            let x = crate::precision::to_compute(x);
-            let weight = crate::precision::to_compute(conv.weight.val());
-            crate::flexconv::conv2d_no_bias(x, weight, options)
-        }
-        // (Not reached by the ResNets here, whose convolutions all take the branch above.)
-        _ => conv.forward(crate::precision::to_f32(x)),
-    }
-}
-
 /// BatchNorm with weight 1 (or 0 for a zero-init residual) and bias 0.
 fn bn(channels: usize, zero: bool, device: &Device) -> BatchNorm {
     let mut b = BatchNormConfig::new(channels).init(device);
@@ -276,16 +255,13 @@ impl ResBlock {
     /// The block's output for `x`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => crate::flexconv::batch_norm(&d.bn, conv_forward(&d.conv, x.clone())),
+            Some(d) => batch_norm(&d.bn, conv2d(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let mut y = relu(crate::flexconv::batch_norm(
-            &self.bn1,
-            conv_forward(&self.conv1, x),
-        ));
-        y = crate::flexconv::batch_norm(&self.bn2, conv_forward(&self.conv2, y));
+        let mut y = relu(batch_norm(&self.bn1, conv2d(&self.conv1, x)));
+        y = batch_norm(&self.bn2, conv2d(&self.conv2, y));
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = crate::flexconv::batch_norm(b3, conv_forward(c3, relu(y)));
+            y = batch_norm(b3, conv2d(c3, relu(y)));
         }
         relu(y.add(identity))
     }
@@ -320,10 +296,7 @@ impl Backbone for ResNet {
     }
 
     fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(crate::flexconv::batch_norm(
-            &self.bn1,
-            conv_forward(&self.conv1, images),
-        ));
+        let mut x = relu(batch_norm(&self.bn1, conv2d(&self.conv1, images)));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }

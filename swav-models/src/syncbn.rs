@@ -3,7 +3,7 @@
 //! the original SwAV uses (`--sync_bn pytorch`).
 //!
 //! The statistics are built from ordinary differentiable tensor operations around one collective
-//! operation, [`all_reduce_sum`], whose backward is itself a sum over the workers:
+//! operation, the engine's `all_reduce_sum`, whose backward is itself a sum over the workers:
 //!
 //! - `mean = Σ_workers Σ_local x / N` and `var = Σ_workers Σ_local (x − mean)² / N`, with `N` the
 //!   global number of values per channel (two reductions, the second centred for precision);
@@ -12,140 +12,37 @@
 //! Every worker's output depends on every worker's samples through the reduced sums, so the
 //! gradient of the total loss with respect to a worker's input has a term from each worker's
 //! loss; autodiff delivers, at each reduced sum, the gradient of this worker's loss only, and the
-//! backward of [`all_reduce_sum`] adds the others' (it sums the incoming gradients over the
+//! backward of the all-reduce adds the others' (it sums the incoming gradients over the
 //! workers). The result is the gradient one worker holding the whole global batch would compute.
 //! The gradients of γ and β stay local (the gradient combination after backward sums them).
 //!
 //! The group is a parameter of the computation ([`StatsReduce`]), installed for the forward of a
-//! worker's step with [`with_synchronised_batch_norm`]: the backbone's and head's BatchNorms
-//! (through [`crate::flexconv::batch_norm`]) take it from there, so a [`crate::Backbone`] needs
-//! no extra argument. The backward holds the group itself and runs wherever autodiff runs it.
+//! worker's step with [`with_synchronised_batch_norm`]: every BatchNorm that goes through
+//! [`crate::layers::batch_norm`] takes it from there, so a [`crate::Backbone`] needs no extra
+//! argument. A BatchNorm whose own `forward` is called is not synchronised:
+//! [`with_synchronised_batch_norm_checked`] names such layers of a model.
 //!
 //! Every worker must run the same layers in the same order (the same model and crop layout):
-//! each reduction waits for all workers. Backends: flex, and the wgpu (cubecl) backend with the
-//! `wgpu` feature; the reduced values travel through the host in f64.
+//! each reduction waits for all workers.
 
 use std::cell::RefCell;
-use std::fmt::Debug;
-use std::sync::Arc;
+use std::collections::HashSet;
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::BatchNorm;
-use burn::tensor::{Tensor, TensorData};
-
-/// Sums host values over the workers of a data-parallel group.
-///
-/// Every worker calls [`StatsReduce::sum`] the same number of times, in the same order, with
-/// vectors of the same length; each receives the element-wise sum over the workers, the same
-/// bits on every worker.
-pub trait StatsReduce: Send + Sync + Debug {
-    /// Number of workers in the group.
-    fn world_size(&self) -> usize;
-    /// The element-wise sum of `values` over the workers.
-    fn sum(&self, values: Vec<f64>) -> Vec<f64>;
-}
-
-/// A group handle as the BatchNorms and their backward passes hold it.
-pub type SharedStatsReduce = Arc<dyn StatsReduce>;
-
-/// The collective sum as a differentiable tensor operation.
-#[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Autodiff)]
-pub trait AllReduceBackend: Backend {
-    /// The element-wise sum of `tensor` over the workers of `group`; its gradient is the sum of
-    /// the workers' gradients.
-    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self>;
-}
-
-/// The sum over the workers through the host, in the tensor's own float type.
-fn host_all_reduce<B: Backend>(tensor: FloatTensor<B>, group: &dyn StatsReduce) -> FloatTensor<B> {
-    let device = tensor.device();
-    let dtype = tensor.dtype();
-    let data = burn::tensor::try_read_sync(B::float_into_data(tensor))
-        .and_then(Result::ok)
-        .expect("synchronised BatchNorm: the device returns its statistics to the host");
-    let shape = data.shape().clone();
-    let values = data
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("float statistics convert to f64");
-    let summed = group.sum(values);
-    B::float_from_data(TensorData::new(summed, shape).convert_dtype(dtype), &device)
-}
-
-impl AllReduceBackend for Flex {
-    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self> {
-        host_all_reduce::<Self>(tensor, group.as_ref())
-    }
-}
-
-#[cfg(feature = "wgpu")]
-impl AllReduceBackend for burn::backend::Cube {
-    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self> {
-        host_all_reduce::<Self>(tensor, group.as_ref())
-    }
-}
-
-impl<B: Backend + AllReduceBackend, C: CheckpointStrategy> AllReduceBackend for Autodiff<B, C> {
-    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct AllReduceBackward;
-
-        impl<B: Backend + AllReduceBackend> Backward<B, 1> for AllReduceBackward {
-            type State = SharedStatsReduce;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                // Every worker runs this step (the same graph), so the reduction always pairs up.
-                let summed = B::all_reduce_sum(grad, ops.state);
-                if let Some(node) = parent {
-                    grads.register::<B>(node.id, summed);
-                }
-            }
-        }
-
-        match AllReduceBackward
-            .prepare::<C>([tensor.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                group.clone(),
-                B::all_reduce_sum(tensor.into_primitive(), group),
-            ),
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::all_reduce_sum(tensor.into_primitive(), group))
-            }
-        }
-    }
-}
-
-/// The element-wise sum of `tensor` over the workers of `group`, differentiable: the gradient
-/// that reaches `tensor` is the sum of the workers' gradients of the result.
-///
-/// # Panics
-/// On a backend without the operation (flex and, with the `wgpu` feature, wgpu have it).
-pub fn all_reduce_sum<const D: usize>(tensor: Tensor<D>, group: &SharedStatsReduce) -> Tensor<D> {
-    let out = <Dispatch as AllReduceBackend>::all_reduce_sum(tensor.into_dispatch(), group.clone());
-    Tensor::from_dispatch(out)
-}
+use burn::tensor::Tensor;
+use swav_engine::all_reduce_sum;
+pub use swav_engine::{SharedStatsReduce, StatsReduce};
 
 std::thread_local! {
     static GROUP: RefCell<Option<SharedStatsReduce>> = const { RefCell::new(None) };
+    /// The BatchNorms (by the id of their weight) synchronised on this thread since the last
+    /// [`with_synchronised_batch_norm_checked`] began.
+    static SYNCHRONISED: RefCell<HashSet<ParamId>> = RefCell::new(HashSet::new());
 }
 
 /// Runs `f` (a worker's forward pass) with every training-mode BatchNorm that goes through
-/// [`crate::flexconv::batch_norm`] on this thread synchronised over `group`. A group of one
+/// [`crate::layers::batch_norm`] on this thread synchronised over `group`. A group of one
 /// worker changes nothing. The previous setting is restored afterwards, also on a panic.
 pub fn with_synchronised_batch_norm<T>(group: SharedStatsReduce, f: impl FnOnce() -> T) -> T {
     struct Restore(Option<SharedStatsReduce>);
@@ -197,6 +94,65 @@ pub fn synchronised_batch_norm<const D: usize>(
     let out = centred
         .mul(scale.reshape(broadcast))
         .add(bn.beta.val().reshape(broadcast));
-    crate::flexconv::update_running_stats(bn, mean, variance);
+    SYNCHRONISED.with(|s| s.borrow_mut().insert(bn.gamma.id));
+    crate::bn_stats::update_running_stats(bn, mean, variance);
     out
+}
+
+/// [`with_synchronised_batch_norm`], and the paths of `model`'s BatchNorm layers that did not
+/// take the synchronised path during `f` (a backbone that calls `BatchNorm::forward` itself
+/// instead of [`crate::layers::batch_norm`]): those normalised with per-worker statistics.
+/// Empty when the group has one worker.
+pub fn with_synchronised_batch_norm_checked<M: Module, T>(
+    group: SharedStatsReduce,
+    model: &M,
+    f: impl FnOnce() -> T,
+) -> (T, Vec<String>) {
+    let several = group.world_size() > 1;
+    SYNCHRONISED.with(|s| s.borrow_mut().clear());
+    let out = with_synchronised_batch_norm(group, f);
+    if !several {
+        return (out, Vec::new());
+    }
+    let synchronised = SYNCHRONISED.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let missed = batch_norm_layers(model)
+        .into_iter()
+        .filter(|(id, _)| !synchronised.contains(id))
+        .map(|(_, path)| path)
+        .collect();
+    (out, missed)
+}
+
+/// Every BatchNorm of `model`: the id of its weight and its path.
+pub fn batch_norm_layers<M: Module>(model: &M) -> Vec<(ParamId, String)> {
+    struct Find {
+        path: Vec<(String, String)>,
+        found: Vec<(ParamId, String)>,
+    }
+    impl ModuleVisitor for Find {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path
+                .push((name.to_string(), container_type.to_string()));
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            // burn's derive names the parent's type: `gamma` inside `Struct:BatchNorm`.
+            if let Some((name, container)) = self.path.last()
+                && name == "gamma"
+                && container == "Struct:BatchNorm"
+            {
+                let n = self.path.len() - 1;
+                let path: Vec<&str> = self.path[..n].iter().map(|(p, _)| p.as_str()).collect();
+                self.found.push((param.id, path.join(".")));
+            }
+        }
+    }
+    let mut find = Find {
+        path: Vec::new(),
+        found: Vec::new(),
+    };
+    model.visit(&mut find);
+    find.found
 }

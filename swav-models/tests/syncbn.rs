@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use burn::module::Param;
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
-use swav_models::flexconv::batch_norm;
+use swav_models::layers::batch_norm;
 use swav_models::syncbn::{SharedStatsReduce, StatsReduce, with_synchronised_batch_norm};
 
 /// A group of threads that sum through shared slots, in rank order.

@@ -8,7 +8,7 @@ use swav_core::{HalfType, SwavConfig};
 /// The half type the workers' forward passes use, or `None` for f32: `use_fp16` on GPU
 /// devices only (on the CPU backend the half-precision kernels are slower than f32's).
 pub fn autocast_for(swav: &SwavConfig, devices: &[Device]) -> Option<DType> {
-    let on_cpu = devices.iter().any(swav_models::flexconv::is_flex);
+    let on_cpu = devices.iter().any(swav_models::layers::is_flex);
     (swav.use_fp16 && !on_cpu).then_some(match swav.half_type {
         HalfType::F16 => DType::F16,
         HalfType::Bf16 => DType::BF16,

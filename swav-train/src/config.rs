@@ -97,7 +97,11 @@ pub struct RunConfig {
     pub knn_train_samples: usize,
     /// Test samples of the monitor (0: the whole split).
     pub knn_test_samples: usize,
-    /// No progress bar; one line per epoch.
+    /// Where metrics go besides `metrics.jsonl` (always written): any of `png` (loss, lr and
+    /// kNN plots), `csv` (`metrics_step.csv`, `metrics_epoch.csv`), `tensorboard` (an event
+    /// file under `tensorboard/`); `jsonl` is accepted and changes nothing.
+    pub metrics: Vec<String>,
+    /// No progress bar; one line per epoch (read by the binary that shows progress).
     pub quiet: bool,
     /// Continue from the run folder's checkpoint when there is one.
     pub auto_resume: bool,
@@ -116,6 +120,7 @@ impl Default for RunConfig {
             knn_temperature: 0.07,
             knn_train_samples: 10_000,
             knn_test_samples: 2_000,
+            metrics: vec!["jsonl".into(), "png".into()],
             quiet: false,
             auto_resume: true,
         }
@@ -251,6 +256,17 @@ impl TrainConfig {
                     )));
                 }
             }
+        }
+        if let Some(bad_sink) = self
+            .run
+            .metrics
+            .iter()
+            .find(|m| !crate::metrics::SINK_NAMES.contains(&m.as_str()))
+        {
+            return Err(TrainError::ConfigFile(format!(
+                "invalid config: `run.metrics` entry `{bad_sink}` must be one of {}",
+                crate::metrics::SINK_NAMES.join(", ")
+            )));
         }
         if self.run.log_every == 0 {
             return bad("run.log_every", "must be at least 1");

@@ -1,35 +1,56 @@
 //! The SwAV training run (Caron et al., 2020): the step in the original's order, LARS / SGD /
 //! AdamW with PyTorch's semantics, the warmup + cosine schedule, prototype freezing, the queue,
-//! atomic checkpoints with exact resume, metrics, plots, the kNN monitor and a summary.
+//! atomic checkpoints with exact resume, metrics, the kNN monitor and a summary.
+//!
+//! The run is made of parts, each in its own module:
 //!
 //! - [`TrainConfig`]: `[swav]` ([`swav_core::SwavConfig`]), `[data]` and `[run]` sections from
-//!   TOML with `key=value` overrides.
-//! - [`open_data`]: the datasets a config names.
-//! - [`train`]: the run, over any [`swav_models::Backbone`], on one worker or several
-//!   ([`WorkerGroup`]: data-parallel, with the distributed Sinkhorn).
+//!   TOML with `key=value` overrides; [`open_data`]: the datasets a config names.
+//! - [`BatchSource`]: where batches come from ([`MultiCropSource`], the multi-crop loader, by
+//!   default; a user's own views through the same trait).
+//! - [`forward_loss`]: the SwAV objective of one batch, run by [`WorkerGroup`] on one worker or
+//!   several (data-parallel, with the distributed Sinkhorn and synchronised BatchNorm).
+//! - [`Optimizer`], [`LrSchedule`], [`LossScaler`]: the update.
+//! - [`MetricsSink`]: where metrics go (`metrics.jsonl` always; PNG plots, CSV and TensorBoard
+//!   event files as `[run] metrics` chooses).
+//! - [`TrainObserver`]: progress for the caller to show (the library prints nothing).
+//! - [`Trainer`] puts them together; [`train`] runs it with the default parts.
 
+mod adapters;
 mod amp;
 mod config;
 mod data;
+mod device;
+mod diagnostics;
 mod error;
+mod metrics;
+mod objective;
+mod observer;
 mod optim;
 mod parallel;
-mod progress;
+mod run_dir;
 mod schedule;
 mod semisup;
+mod source;
+pub mod tensorboard;
 mod trainer;
 
+pub use adapters::{eval_transform_for, knn_monitor, multicrop_for, spec_for};
 pub use amp::{LossScaler, autocast_for};
 pub use config::{DataConfig, DataKind, RunConfig, TrainConfig};
 pub use data::{DynDataset, RunData, open_data};
+pub use device::{device_for, device_named, devices_for, seeded_init};
 pub use error::TrainError;
+pub use metrics::{
+    Csv, JsonLines, METRICS_FILE, MetricsSink, Plots, Record, SINK_NAMES, TensorBoard, sinks_named,
+};
+pub use objective::{forward_loss, normalize_heads};
+pub use observer::{Silent, StepProgress, TrainObserver};
 pub use optim::{GradSource, OptimConfig, Optimizer};
 pub use parallel::{ParallelStep, WorkerGroup};
+pub use run_dir::{CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE, TrainState, checkpoint_config};
 pub use schedule::LrSchedule;
 pub use semisup::{Classifier, SemiSupConfig, SemiSupEpoch, SemiSupResult, finetune};
+pub use source::{BatchSource, MultiCropSource, group_tensor};
 pub use swav_eval::plot::line_chart;
-pub use trainer::{
-    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, RunSummary, SUMMARY_FILE, TrainOutcome,
-    TrainState, checkpoint_config, device_for, device_named, devices_for, eval_transform_for,
-    forward_loss, knn_monitor, multicrop_for, normalize_heads, seeded_init, spec_for, train,
-};
+pub use trainer::{RunOptions, RunSummary, TrainOutcome, Trainer, train};

@@ -41,14 +41,15 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleDisplay, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{DType, Device, Tensor};
-use swav_core::{EmbeddingQueue, LocalGroup, LocalWorker, SwavConfig, swapped_prediction_loss};
+use swav_core::{EmbeddingQueue, LocalGroup, LocalWorker, SwavConfig};
 use swav_data::CropGroupBatch;
 use swav_models::precision::with_autocast;
-use swav_models::syncbn::{SharedStatsReduce, StatsReduce, with_synchronised_batch_norm};
+use swav_models::syncbn::{SharedStatsReduce, StatsReduce, with_synchronised_batch_norm_checked};
 use swav_models::{Backbone, SwavModel};
 
 use crate::TrainError;
-use crate::trainer::forward_loss;
+use crate::diagnostics::diagnose;
+use crate::objective::forward_loss;
 
 /// What a worker is asked to compute.
 struct Job<E> {
@@ -70,6 +71,7 @@ struct Reply {
     queue_used: bool,
     diagnostic: Option<String>,
     running: Vec<(ParamId, Tensor<1>)>,
+    unsynchronised: Vec<String>,
 }
 
 /// The result of one data-parallel step.
@@ -97,6 +99,10 @@ pub struct ParallelStep {
     /// Whether every gradient is finite (checked when the loss was scaled: an f16 overflow
     /// makes the caller skip the update and lower the scale).
     pub grads_finite: bool,
+    /// With synchronised BatchNorm: the model's BatchNorm layers that did not take the
+    /// synchronised path this step (a backbone calling `BatchNorm::forward` itself instead of
+    /// `swav_models::layers::batch_norm`); they normalised with per-worker statistics.
+    pub unsynchronised_batch_norms: Vec<String>,
 }
 
 impl ParallelStep {
@@ -340,6 +346,7 @@ where
             combine_s: 0.0,
             running: HashMap::new(),
             grads_finite: true,
+            unsynchronised_batch_norms: Vec::new(),
         };
         let mut running: Vec<(ParamId, Tensor<1>)> = Vec::new();
         for (rank, reply) in replies.into_iter().enumerate() {
@@ -373,6 +380,9 @@ where
                     .push_str(&format!("worker {rank}: {d}; "));
             }
             out.codes.extend(reply.codes);
+            if rank == 0 {
+                out.unsynchronised_batch_norms = reply.unsynchronised;
+            }
         }
         out.grads = acc.grads();
         if self.loss_scale != 1.0 {
@@ -472,7 +482,7 @@ fn worker_step<E: Backbone + Module + ModuleDisplay>(
     let groups: Vec<Tensor<4>> = job
         .groups
         .into_iter()
-        .map(|g| g.into_tensor(device))
+        .map(|g| crate::source::group_tensor(g, device))
         .collect();
     let mut queue = job.queue;
     let (autocast, loss_scale) = (job.autocast, job.loss_scale);
@@ -494,11 +504,11 @@ fn worker_step<E: Backbone + Module + ModuleDisplay>(
         Some(dtype) => with_autocast(dtype, &mut forward_backward),
         None => forward_backward(),
     };
-    let (lo, loss, diagnostic, grads) = if swav.sync_bn && world > 1 {
+    let ((lo, loss, diagnostic, grads), unsynchronised) = if swav.sync_bn && world > 1 {
         let group: SharedStatsReduce = std::sync::Arc::new(BatchNormGroup(reduce.clone()));
-        with_synchronised_batch_norm(group, with_precision)
+        with_synchronised_batch_norm_checked(group, &model, with_precision)
     } else {
-        with_precision()
+        (with_precision(), Vec::new())
     };
     let codes = job
         .want_codes
@@ -511,6 +521,7 @@ fn worker_step<E: Backbone + Module + ModuleDisplay>(
         .flatten();
     let running = running_stats(&model);
     Reply {
+        unsynchronised,
         running,
         rank,
         grads,
@@ -520,37 +531,4 @@ fn worker_step<E: Backbone + Module + ModuleDisplay>(
         queue_used: lo.queue_used,
         diagnostic,
     }
-}
-
-/// The score range and each loss part of every head, for the message of a non-finite loss.
-fn diagnose(
-    scores: &[Tensor<2>],
-    lo: &swav_core::SwavLossOutput,
-    batch: usize,
-    swav: &SwavConfig,
-) -> String {
-    let mut parts = Vec::new();
-    for (h, sc) in scores.iter().enumerate() {
-        let v: Vec<f32> = sc
-            .clone()
-            .detach()
-            .into_data()
-            .try_to_vec_as::<f32>()
-            .unwrap_or_default();
-        let (mn, mx) = v
-            .iter()
-            .fold((f32::MAX, f32::MIN), |(a, c), &x| (a.min(x), c.max(x)));
-        parts.push(format!("head {h}: scores in [{mn}, {mx}]"));
-        for c in lo.codes.get(h).into_iter().flatten() {
-            let l = swapped_prediction_loss(
-                sc.clone().detach(),
-                batch,
-                std::slice::from_ref(c),
-                swav.temperature,
-            )
-            .into_scalar::<f32>();
-            parts.push(format!("head {h} crop {} part {l}", c.crop));
-        }
-    }
-    parts.join("; ")
 }

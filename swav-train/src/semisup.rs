@@ -341,8 +341,8 @@ where
                 .groups
                 .into_iter()
                 .next()
-                .ok_or_else(|| TrainError::ConfigFile("empty batch".into()))?
-                .into_tensor(device);
+                .ok_or_else(|| TrainError::ConfigFile("empty batch".into()))?;
+            let x = crate::source::group_tensor(x, device);
             let target = Tensor::<2>::from_data(TensorData::new(onehot, [n, classes]), device);
             let logits = model.forward(x);
             let loss = log_softmax(logits, 1)

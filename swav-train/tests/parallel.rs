@@ -207,6 +207,7 @@ fn model(cfg: &SwavConfig, device: &Device) -> SwavModel<NoBn> {
         hidden_mlp: cfg.hidden_mlp,
         feat_dim: cfg.feat_dim,
         prototypes: cfg.nmb_prototypes.clone(),
+        backbone: serde_json::Value::Null,
     };
     let m = seeded_init(device, 11, |d| -> Result<_, TrainError> {
         Ok(spec.wrap(NoBn::new(d), d)?)
@@ -335,6 +336,7 @@ fn resnet_model(cfg: &SwavConfig, device: &Device) -> SwavModel<ResNet> {
         hidden_mlp: cfg.hidden_mlp,
         feat_dim: cfg.feat_dim,
         prototypes: cfg.nmb_prototypes.clone(),
+        backbone: serde_json::Value::Null,
     };
     let m = seeded_init(device, 5, |d| spec.init(d)).expect("model");
     normalize_heads(m)
@@ -584,6 +586,7 @@ fn a_worker_that_fails_stops_the_step_with_an_error_instead_of_a_hang() {
         hidden_mlp: cfg.hidden_mlp,
         feat_dim: cfg.feat_dim,
         prototypes: cfg.nmb_prototypes.clone(),
+        backbone: serde_json::Value::Null,
     };
     // Through `seeded_init`, like every initialisation here: an unseeded draw from the shared
     // device generator would interleave with another test's seeded one.
@@ -770,7 +773,7 @@ mod remote {
         for ((id, x), (_, y)) in grads_of(&m, &a.grads).iter().zip(&grads_of(&m, &b.grads)) {
             assert!(rel_diff(x, y) < 1e-6, "gradient of {id}");
         }
-        // A ResNet with BatchNorm: the local worker on flexconv's kernels, the remote one on
+        // A ResNet with BatchNorm: the local worker on the engine's kernels, the remote one on
         // burn's; the same step to rounding (measured: every tensor within 1.7e-5, the head's
         // pre-BatchNorm bias aside, whose gradient is rounding noise).
         let cfg = SwavConfig {
@@ -797,7 +800,7 @@ mod remote {
         local_cfg.swav.epochs = 1;
         let local = run(&local_cfg, None);
         // Not equal to the bit or to 1e-4 any more: a local CPU worker runs the ResNet's
-        // convolutions and BatchNorms on swav_models::flexconv's kernels, the remote server on
+        // convolutions and BatchNorms on swav-engine's kernels, the remote server on
         // burn's (the same step to 1e-4, the test above), and four training steps of this tiny
         // net (8 images per worker) amplify the rounding (measured: 4.5 % in one BatchNorm's
         // beta after 4 steps, last loss 3.8562 vs 3.8592). So: the run completes, and its loss

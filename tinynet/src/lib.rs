@@ -1,6 +1,9 @@
 //! A small convolutional backbone that lives outside `swav-models`, to show (and test) that the
 //! [`Backbone`] trait is all SwAV training and evaluation need of a backbone: three 3x3
 //! convolutions with BatchNorm and ReLU, strides 1, 2, 2, then global average pooling.
+//!
+//! Its layers are burn's modules, run through [`swav_models::layers`], so mixed precision,
+//! synchronised BatchNorm and the fast CPU kernels reach them as they reach the ResNet.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -8,7 +11,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use swav_models::Backbone;
+use swav_models::{Backbone, BackboneFamily, ModelError, SwavModelSpec, layers};
 
 /// One convolution, its BatchNorm and a ReLU.
 #[derive(Module, Debug)]
@@ -32,7 +35,7 @@ impl ConvBnRelu {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        relu(layers::batch_norm(&self.bn, layers::conv2d(&self.conv, x)))
     }
 }
 
@@ -75,5 +78,39 @@ impl Backbone for TinyNet {
             .forward(self.block2.forward(self.block1.forward(images)));
         let [b, c, _, _] = x.dims();
         self.pool.forward(x).reshape([b, c])
+    }
+}
+
+/// TinyNet in a backbone registry: `swav.arch = "tinynet"`, its width from `swav.base_width`
+/// (stored in checkpoints as `{"width": N}`), so a TinyNet checkpoint is rebuilt and evaluated
+/// like a ResNet's by a program whose registry lists this family.
+pub struct TinyNetFamily;
+
+impl BackboneFamily for TinyNetFamily {
+    type Backbone = TinyNet;
+
+    fn names() -> &'static [&'static str] {
+        &["tinynet"]
+    }
+
+    fn build(spec: &SwavModelSpec, device: &Device) -> Result<TinyNet, ModelError> {
+        let width = match spec.backbone.get("width") {
+            Some(w) => w.as_u64().ok_or_else(|| ModelError::InvalidConfig {
+                field: "backbone",
+                reason: format!("tinynet's `width` must be a positive integer, not {w}"),
+            })? as usize,
+            None => spec.base_width,
+        };
+        if width == 0 {
+            return Err(ModelError::InvalidConfig {
+                field: "base_width",
+                reason: "tinynet needs a width of at least 1".into(),
+            });
+        }
+        Ok(TinyNet::new(width, device))
+    }
+
+    fn describe(spec: &SwavModelSpec) -> Result<serde_json::Value, ModelError> {
+        Ok(serde_json::json!({ "width": spec.base_width }))
     }
 }

@@ -86,6 +86,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         hidden_mlp: 2048,
         feat_dim: 128,
         prototypes: vec![3000],
+        backbone: serde_json::Value::Null,
     };
     let mut model = seeded_init(&device, 0, |d| spec.init(d))?;
     let mut optim = Optimizer::new(OptimConfig {

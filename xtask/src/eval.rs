@@ -14,7 +14,10 @@ use swav_eval::{
     extract_features, knn_classify, linear_probe_cached, linear_probe_protocol,
     plot::confusion_chart,
 };
-use swav_models::{ResNet, SwavModel, SwavModelSpec, load_swav_checkpoint, read_checkpoint};
+use swav_models::{
+    BackboneRegistry, BuildBackbone, ModelTask, SwavModel, SwavModelSpec, TaskBackbone,
+    load_swav_checkpoint, read_checkpoint,
+};
 use swav_train::{
     CHECKPOINT_FILE, TrainConfig, checkpoint_config, device_for, eval_transform_for, open_data,
     seeded_init,
@@ -120,8 +123,8 @@ enum Weights {
 }
 
 /// A loaded model with where it came from.
-struct Loaded {
-    model: SwavModel<ResNet>,
+struct Loaded<E> {
+    model: SwavModel<E>,
     config: TrainConfig,
     source: String,
     out_dir: PathBuf,
@@ -134,8 +137,20 @@ fn is_pytorch(p: &Path) -> bool {
     )
 }
 
-/// Loads the model and resolves the config (architecture, data) the evaluation uses.
-fn load(args: &ModelArgs) -> Result<Loaded> {
+/// The config (architecture, data) an evaluation uses and where its weights come from, before
+/// the backbone type is known.
+struct Prepared {
+    config: TrainConfig,
+    weights: Option<Weights>,
+    spec: SwavModelSpec,
+    random_init: bool,
+    top_level_key: Option<String>,
+    out: Option<PathBuf>,
+}
+
+/// Reads the checkpoint's config and spec (or the given config), with the command line's
+/// overrides.
+fn prepare(args: &ModelArgs) -> Result<Prepared> {
     let mut overrides = data_overrides(args.data.as_deref(), args.data_kind.as_deref());
     overrides.extend(args.set.iter().cloned());
     let base_config = |stored: Option<TrainConfig>| -> Result<TrainConfig> {
@@ -158,6 +173,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         }
     });
     // Our checkpoint is read once: its config and spec, then its weights.
+    let mut stored_spec = None;
     let (config, weights): (TrainConfig, Option<Weights>) = match &ckpt_path {
         Some(p) if is_pytorch(p) => (base_config(None)?, Some(Weights::PyTorch(p.clone()))),
         Some(p) => {
@@ -167,6 +183,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
             // The architecture is the checkpoint's, whatever the config says.
             if let Some(spec) = ckpt.spec()? {
                 apply_spec(&mut c, &spec);
+                stored_spec = Some(spec);
             }
             (c, Some(Weights::Ours(Box::new(ckpt))))
         }
@@ -176,15 +193,39 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         ),
     };
     config.validate()?;
+    // The checkpoint's spec names its backbone and its configuration; otherwise the config's.
+    let spec = match stored_spec {
+        Some(spec) => spec,
+        None => swav_train::spec_for(&config),
+    };
+    Ok(Prepared {
+        config,
+        weights,
+        spec,
+        random_init: args.random_init,
+        top_level_key: args.top_level_key.clone(),
+        out: args.out.clone(),
+    })
+}
+
+/// Builds the backbone the spec names (seeded as pretraining seeds it) and loads the weights.
+fn finish<E: TaskBackbone>(p: Prepared, build: &BuildBackbone<E>) -> Result<Loaded<E>> {
+    let Prepared {
+        config,
+        weights,
+        spec,
+        random_init,
+        top_level_key,
+        out,
+    } = p;
     let device = device_for(&config)?;
-    let spec = swav_train::spec_for(&config);
     let seed = config.swav.seed;
-    let mut model = seeded_init(&device, seed, |d| spec.init(d))?;
+    let mut model = seeded_init(&device, seed, |d| spec.wrap(build(d)?, d))?;
     let mut source = format!("random initialisation (seed {seed})");
-    if !args.random_init {
+    if !random_init {
         match &weights {
             Some(Weights::PyTorch(p)) => {
-                model = load_swav_checkpoint(model, p, args.top_level_key.as_deref())?;
+                model = load_swav_checkpoint(model, p, top_level_key.as_deref())?;
                 source = p.display().to_string();
             }
             Some(Weights::Ours(ckpt)) => {
@@ -198,8 +239,8 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         Some(Weights::Ours(ckpt)) => ckpt.path().parent().map(Path::to_path_buf),
         _ => None,
     };
-    let out_dir = match &args.out {
-        Some(o) => o.clone(),
+    let out_dir = match out {
+        Some(o) => o,
         None => run_dir
             .map(|d| d.join("eval"))
             .unwrap_or_else(|| PathBuf::from("runs/eval")),
@@ -211,6 +252,60 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         source,
         out_dir,
     })
+}
+
+/// An evaluation command, run with whatever backbone the checkpoint names.
+enum Command<'a> {
+    Linear(&'a LinearArgs),
+    Knn(&'a KnnArgs),
+    Assign(&'a AssignArgs),
+    Semisup(&'a SemiSupArgs),
+}
+
+struct EvalTask<'a> {
+    command: Command<'a>,
+    prepared: Prepared,
+}
+
+impl ModelTask for EvalTask<'_> {
+    type Output = Result<()>;
+
+    fn run<E: TaskBackbone>(self, _spec: &SwavModelSpec, build: &BuildBackbone<E>) -> Result<()> {
+        let loaded = finish(self.prepared, build)?;
+        match self.command {
+            Command::Linear(a) => linear_with(a, loaded),
+            Command::Knn(a) => knn_with(a, loaded),
+            Command::Assign(a) => assign_with(a, loaded),
+            Command::Semisup(a) => semisup_with(a, loaded),
+        }
+    }
+}
+
+/// Prepares `model`'s config and runs `command` through the binary's backbone registry.
+fn dispatch(model: &ModelArgs, command: Command<'_>) -> Result<()> {
+    let prepared = prepare(model)?;
+    let spec = prepared.spec.clone();
+    crate::Registry::run(&spec, EvalTask { command, prepared })?
+}
+
+/// Runs `cargo xtask linear-eval`.
+pub fn linear(args: &LinearArgs) -> Result<()> {
+    dispatch(&args.model, Command::Linear(args))
+}
+
+/// Runs `cargo xtask knn-eval`.
+pub fn knn(args: &KnnArgs) -> Result<()> {
+    dispatch(&args.model, Command::Knn(args))
+}
+
+/// Runs `cargo xtask assign`.
+pub fn assign(args: &AssignArgs) -> Result<()> {
+    dispatch(&args.model, Command::Assign(args))
+}
+
+/// Runs `cargo xtask semisup`.
+pub fn semisup(args: &SemiSupArgs) -> Result<()> {
+    dispatch(&args.model, Command::Semisup(args))
 }
 
 fn apply_spec(c: &mut TrainConfig, spec: &SwavModelSpec) {
@@ -287,8 +382,8 @@ fn extract_config(config: &TrainConfig, batch: usize) -> Result<ExtractConfig> {
     })
 }
 
-/// Runs `cargo xtask linear-eval`.
-pub fn linear(args: &LinearArgs) -> Result<()> {
+/// `cargo xtask linear-eval` with the loaded model.
+fn linear_with<E: TaskBackbone>(args: &LinearArgs, loaded: Loaded<E>) -> Result<()> {
     let mode: ProbeMode = args.mode.parse()?;
     let mut probe = LinearProbeConfig::default();
     if let Some(e) = args.epochs {
@@ -302,7 +397,6 @@ pub fn linear(args: &LinearArgs) -> Result<()> {
     }
     probe.validate()?;
     let m = &args.model;
-    let loaded = load(m)?;
     let (train, test, classes, desc) = splits(&loaded.config, m)?;
     let device = device_for(&loaded.config)?;
     let ex = extract_config(&loaded.config, m.batch)?;
@@ -395,10 +489,9 @@ pub fn linear(args: &LinearArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cargo xtask knn-eval`.
-pub fn knn(args: &KnnArgs) -> Result<()> {
+/// `cargo xtask knn-eval` with the loaded model.
+fn knn_with<E: TaskBackbone>(args: &KnnArgs, loaded: Loaded<E>) -> Result<()> {
     let m = &args.model;
-    let loaded = load(m)?;
     let (train, test, classes, desc) = splits(&loaded.config, m)?;
     let device = device_for(&loaded.config)?;
     let ex = extract_config(&loaded.config, m.batch)?;
@@ -463,10 +556,9 @@ pub fn knn(args: &KnnArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cargo xtask assign`.
-pub fn assign(args: &AssignArgs) -> Result<()> {
+/// `cargo xtask assign` with the loaded model.
+fn assign_with<E: TaskBackbone>(args: &AssignArgs, loaded: Loaded<E>) -> Result<()> {
     let m = &args.model;
-    let loaded = load(m)?;
     let data = open_data(
         &loaded.config.data,
         loaded.config.swav.seed,
@@ -608,10 +700,9 @@ fn indices_from_list(ds: &dyn swav_data::ImageDataset, list: &Path) -> Result<Ve
     Ok(out)
 }
 
-/// Runs `cargo xtask semisup`.
-pub fn semisup(args: &SemiSupArgs) -> Result<()> {
+/// `cargo xtask semisup` with the loaded model.
+fn semisup_with<E: TaskBackbone>(args: &SemiSupArgs, loaded: Loaded<E>) -> Result<()> {
     let m = &args.model;
-    let loaded = load(m)?;
     let (train, test, classes, desc) = splits(&loaded.config, m)?;
     let device = device_for(&loaded.config)?;
     let ex = extract_config(&loaded.config, m.batch)?;

@@ -6,6 +6,7 @@
 mod bench;
 mod eval;
 mod pretrain;
+mod progress;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,10 +14,14 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Large freed blocks stay with the process for the next training step (see
-/// `swav_models::block_cache`); `SWAV_BLOCK_CACHE_MB=0` turns it off.
+/// `swav_engine::BlockCache`); `SWAV_BLOCK_CACHE_MB=0` turns it off.
 #[global_allocator]
-static ALLOC: swav_models::block_cache::BlockCache = swav_models::block_cache::BlockCache::new();
+static ALLOC: swav_engine::BlockCache = swav_engine::BlockCache::new();
 use clap::{Parser, Subcommand};
+
+/// The backbones this binary builds by name (`swav.arch`, and the name a checkpoint stores):
+/// the ResNets and tinynet.
+pub type Registry = swav_models::registry![swav_models::ResNetFamily, swav_tinynet::TinyNetFamily];
 
 /// Tasks of the swav-rs workspace.
 #[derive(Parser)]

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use swav_models::{BackboneRegistry, BuildBackbone, ModelTask, SwavModelSpec, TaskBackbone};
 use swav_train::{
-    DataKind, RunOptions, TrainConfig, device_for, knn_monitor, open_data, seeded_init, spec_for,
-    train,
+    DataKind, RunData, RunOptions, RunSummary, TrainConfig, Trainer, device_for, knn_monitor,
+    open_data, seeded_init, spec_for,
 };
 
 /// Options of `cargo xtask pretrain`.
@@ -159,18 +160,49 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
     );
     eprintln!("data: {}", data.description);
     eprintln!("run folder: {}", config.run.out_dir.display());
-    let options = RunOptions {
-        resume_from: args.resume.clone(),
-        stop_after: None,
+    let spec = crate::Registry::describe(&spec)?;
+    let task = PretrainTask {
+        args,
+        config: &config,
+        data: &data,
     };
-    let build_spec = spec.clone();
-    let outcome = train(
-        &config,
-        &data,
-        |d| Ok(build_spec.resnet()?.init(d)?),
-        &options,
-    )?;
-    let sm = &outcome.summary;
+    crate::Registry::run(&spec, task)?
+}
+
+/// The run and its report, for whatever backbone the config names.
+struct PretrainTask<'a> {
+    args: &'a PretrainArgs,
+    config: &'a TrainConfig,
+    data: &'a RunData,
+}
+
+impl ModelTask for PretrainTask<'_> {
+    type Output = Result<()>;
+
+    fn run<E: TaskBackbone>(self, spec: &SwavModelSpec, build: &BuildBackbone<E>) -> Result<()> {
+        let PretrainTask { args, config, data } = self;
+        let options = RunOptions {
+            resume_from: args.resume.clone(),
+            stop_after: None,
+        };
+        let mut progress = crate::progress::Progress::new(config.run.quiet);
+        let outcome = Trainer::new(config, data)
+            .options(options)
+            .observer(&mut progress)
+            .backbone_config(spec.backbone.clone())
+            .run(|d| Ok(build(d)?))?;
+        report(args, config, data, &outcome.summary, build)
+    }
+}
+
+/// Prints the run's summary, then the kNN of the same backbone at random initialisation.
+fn report<E: TaskBackbone>(
+    args: &PretrainArgs,
+    config: &TrainConfig,
+    data: &RunData,
+    sm: &RunSummary,
+    build: &BuildBackbone<E>,
+) -> Result<()> {
     println!();
     println!("== summary");
     if let Some(it) = sm.resumed_from_iteration {
@@ -210,9 +242,9 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
             k.config.k, k.config.temperature, k.test_samples, k.train_samples, k.top1, k.top5
         );
         if !args.no_baseline {
-            let base = device_for(&config)?;
-            let random = seeded_init(&base, config.swav.seed, |d| spec.resnet()?.init(d))?;
-            let r = knn_monitor(&random, &config, &data, &base)?.context("kNN baseline")?;
+            let base = device_for(config)?;
+            let random = seeded_init(&base, config.swav.seed, build)?;
+            let r = knn_monitor(&random, config, data, &base)?.context("kNN baseline")?;
             println!(
                 "kNN same backbone at random initialisation: top-1 {:.2}%, top-5 {:.2}%  (trained - random = {:+.2} points)",
                 r.top1,

@@ -16,9 +16,9 @@ use std::process::ExitCode;
 use burn::tensor::Device;
 use burn::tensor::server::{RemoteServer, WebSocketTransport};
 
-/// Large freed blocks stay with the process for the next step (`swav_models::block_cache`).
+/// Large freed blocks stay with the process for the next step (`swav_engine::BlockCache`).
 #[global_allocator]
-static ALLOC: swav_models::block_cache::BlockCache = swav_models::block_cache::BlockCache::new();
+static ALLOC: swav_engine::BlockCache = swav_engine::BlockCache::new();
 
 fn main() -> ExitCode {
     let mut port: u16 = 3000;

@@ -1,13 +1,12 @@
-//! The flex convolution weight gradient (`swav_models::flexconv`) against a plain f64 loop and
-//! against burn's own convolution gradients, on shapes with padding, strides, 1x1 and 7x7
-//! kernels and non-square inputs.
+//! The engine's convolution (`swav_engine::conv2d_no_bias` and the slice-level weight
+//! gradient) against a plain f64 loop and against burn's own convolution gradients, on shapes
+//! with padding, strides, 1x1 and 7x7 kernels and non-square inputs.
 
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use swav_models::flexconv::{
-    ConvGeometry, conv2d_no_bias, conv2d_weight_grad, conv3x3_weight_grad_shifted, is_flex,
-};
+use swav_engine::kernels::{ConvGeometry, conv2d_weight_grad, conv3x3_weight_grad_shifted};
+use swav_engine::{conv2d_no_bias, is_flex};
 
 /// (batch, channels in, height, width, channels out, kernel, stride, padding)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -194,85 +193,6 @@ fn without_autodiff_the_output_is_burns() {
         assert_eq!(a.len(), b.len());
         for (u, v) in a.iter().zip(&b) {
             assert!((u - v).abs() <= 1e-5 * (1.0 + v.abs()), "{u} vs {v}");
-        }
-    }
-}
-
-/// Training-mode BatchNorm through the fused flex kernels equals burn's own: output, the running
-/// statistics it leaves behind, and the gradients of input, weight and bias.
-#[test]
-fn batch_norm_matches_burns() {
-    for (b, c, h, w) in [(4, 3, 5, 7), (2, 8, 1, 1), (1, 5, 4, 4)] {
-        check_batch_norm([b, c, h, w]);
-    }
-    // BatchNorm1d, as in the projection head.
-    check_batch_norm([6, 16]);
-    check_batch_norm([2, 3]);
-}
-
-fn check_batch_norm<const D: usize>(shape: [usize; D]) {
-    use burn::nn::BatchNormConfig;
-    use swav_models::flexconv::{batch_norm, with_burn_kernels};
-
-    let device = Device::flex().autodiff();
-    let c = shape[1];
-    // Fixed inputs (not the device RNG, which tests running in parallel share): a batch of 2
-    // whose two values nearly coincide would make the comparison ill-conditioned.
-    let n: usize = shape.iter().product();
-    let fixed = |len: usize, seed: u64, mean: f32, spread: f32| {
-        let mut state = seed;
-        let v: Vec<f32> = (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                mean + spread * ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            })
-            .collect();
-        v
-    };
-    let tensor = |v: Vec<f32>, dims: [usize; D]| {
-        Tensor::<D>::from_data(burn::tensor::TensorData::new(v, dims), &device)
-    };
-    let x0 = tensor(fixed(n, 1, 0.5, 6.0), shape);
-    let r = tensor(fixed(n, 2, 0.0, 3.0), shape);
-    let gamma = Tensor::<1>::from_floats(fixed(c, 3, 1.0, 1.5).as_slice(), &device);
-    let beta = Tensor::<1>::from_floats(fixed(c, 4, 0.0, 1.5).as_slice(), &device);
-    let run = || {
-        let mut bn = BatchNormConfig::new(c).init(&device);
-        bn.gamma = burn::module::Param::from_tensor(gamma.clone());
-        bn.beta = burn::module::Param::from_tensor(beta.clone());
-        let x = x0.clone().detach().require_grad();
-        let y = batch_norm(&bn, x.clone());
-        let grads = (y.clone() * r.clone()).sum().backward();
-        let out = vec![
-            values(y),
-            values(x.grad(&grads).expect("x gradient")),
-            values(bn.gamma.val().grad(&grads).expect("gamma gradient")),
-            values(bn.beta.val().grad(&grads).expect("beta gradient")),
-            values(bn.running_mean.value()),
-            values(bn.running_var.value()),
-        ];
-        out
-    };
-    let fast = run();
-    let reference = with_burn_kernels(run);
-    let names = [
-        "output",
-        "x grad",
-        "gamma grad",
-        "beta grad",
-        "running mean",
-        "running var",
-    ];
-    for ((name, a), r) in names.iter().zip(&fast).zip(&reference) {
-        assert_eq!(a.len(), r.len(), "{name}");
-        let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        for (u, v) in a.iter().zip(r) {
-            assert!(
-                (u - v).abs() <= 1e-5 * scale,
-                "{shape:?} {name}: {u} vs {v}"
-            );
         }
     }
 }

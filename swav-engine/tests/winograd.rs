@@ -1,9 +1,9 @@
-//! Winograd convolutions (`swav_models::winograd`, both tiles: F(2x2, 3x3) and F(4x4, 3x3))
+//! Winograd convolutions (`swav_engine::kernels::winograd`, both tiles: F(2x2, 3x3) and F(4x4, 3x3))
 //! against plain f64 loops: the forward, the input gradient and (F(4x4, 3x3)) the weight
 //! gradient, on odd, non-square, 1x1 and 2x2 images, batch 1 and larger.
 
-use swav_models::flexconv::ConvGeometry;
-use swav_models::winograd::{
+use swav_engine::kernels::ConvGeometry;
+use swav_engine::kernels::winograd::{
     DEFAULT_TILE, Tile, conv3x3_forward, conv3x3_forward_with, conv3x3_input_grad,
     conv3x3_input_grad_with, conv3x3_weight_grad, serves,
 };

@@ -18,7 +18,7 @@
 //!
 //! ```no_run
 //! #[global_allocator]
-//! static ALLOC: swav_models::block_cache::BlockCache = swav_models::block_cache::BlockCache::new();
+//! static ALLOC: swav_engine::BlockCache = swav_engine::BlockCache::new();
 //! ```
 //!
 //! The environment variable `SWAV_BLOCK_CACHE_MB` (read once, on the first large free) sets a

@@ -1,4 +1,4 @@
-//! Whole ResNets through `swav_models::flexconv` against burn's own kernels, over many random
+//! Whole ResNets through the layer API and the engine (`swav_models::layers`) against burn's own kernels, over many random
 //! draws.
 //!
 //! The two paths round differently (to ~1e-7 relative), so a pre-activation that lies within
@@ -16,7 +16,8 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use swav_models::flexconv::{batch_norm, conv2d_no_bias, with_burn_kernels};
+use swav_engine::conv2d_no_bias;
+use swav_models::layers::{batch_norm, with_burn_kernels};
 use swav_models::{Backbone, ResNet, ResNetConfig};
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -19,13 +19,13 @@
 
 use rayon::prelude::*;
 
-use crate::flexconv::ConvGeometry;
+use crate::geometry::ConvGeometry;
 use crate::simd::multiversion;
 
 /// Transformed tiles per GEMM (images are grouped until they give about this many, one image
 /// at least). With F(4x4, 3x3) at 64 channels, a group's transformed input then takes 590 KB
 /// (36 positions x 64 channels x 64 tiles), about what one core's L2 cache holds; 192 tiles
-/// measured slower at 8 to 32 px (`cargo run --release -p swav-models --example conv_parts`).
+/// measured slower at 8 to 32 px (`cargo run --release -p swav-engine --example conv_parts`).
 const TILES_PER_GEMM: usize = 64;
 
 /// Whether the convolution is one this module computes: 3x3, stride 1, padding 1.

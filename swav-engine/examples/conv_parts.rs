@@ -10,7 +10,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 // As in the binaries and the backbone bench: freed large blocks are kept for the next call, so
 // the figures leave out page faults that a training step does not pay.
 #[global_allocator]
-static ALLOC: swav_models::block_cache::BlockCache = swav_models::block_cache::BlockCache::new();
+static ALLOC: swav_engine::BlockCache = swav_engine::BlockCache::new();
 
 fn best<F: FnMut() -> f32>(mut f: F) -> f64 {
     let mut best = f64::MAX;
@@ -59,7 +59,7 @@ fn main() {
             .sum()
             .into_scalar::<f32>()
         });
-        let geo = swav_models::flexconv::ConvGeometry {
+        let geo = swav_engine::kernels::ConvGeometry {
             batch: b,
             channels_in: c,
             height: s,
@@ -73,20 +73,22 @@ fn main() {
         let xv: Vec<f32> = x.to_data().try_to_vec::<f32>().expect("x");
         let wv: Vec<f32> = w.to_data().try_to_vec::<f32>().expect("w");
         let gv: Vec<f32> = g.to_data().try_to_vec::<f32>().expect("g");
-        let ofwd = best(|| swav_models::flexconv::conv2d_forward(&xv, &wv, &geo)[0]);
-        let oxb = best(|| swav_models::flexconv::conv2d_input_grad(&wv, &gv, &geo)[0]);
-        let owb = best(|| swav_models::flexconv::conv2d_weight_grad(&xv, &gv, &geo)[0]);
+        let ofwd = best(|| swav_engine::kernels::conv2d_forward(&xv, &wv, &geo)[0]);
+        let oxb = best(|| swav_engine::kernels::conv2d_input_grad(&wv, &gv, &geo)[0]);
+        let owb = best(|| swav_engine::kernels::conv2d_weight_grad(&xv, &gv, &geo)[0]);
         // The im2col path beside it, where the flex convolutions take Winograd's.
-        let im2col = swav_models::winograd::serves(&geo).then(|| {
-            use swav_models::winograd::{Tile, conv3x3_forward_with, conv3x3_input_grad_with};
+        let im2col = swav_engine::kernels::winograd::serves(&geo).then(|| {
+            use swav_engine::kernels::winograd::{
+                Tile, conv3x3_forward_with, conv3x3_input_grad_with,
+            };
             (
-                best(|| swav_models::flexconv::conv2d_forward_im2col(&xv, &wv, &geo)[0]),
-                best(|| swav_models::flexconv::conv2d_input_grad_im2col(&wv, &gv, &geo)[0]),
+                best(|| swav_engine::kernels::conv2d_forward_im2col(&xv, &wv, &geo)[0]),
+                best(|| swav_engine::kernels::conv2d_input_grad_im2col(&wv, &gv, &geo)[0]),
                 best(|| conv3x3_forward_with(Tile::F2, &xv, &wv, &geo)[0]),
                 best(|| conv3x3_input_grad_with(Tile::F2, &wv, &gv, &geo)[0]),
-                best(|| swav_models::flexconv::conv2d_weight_grad_im2col(&xv, &gv, &geo)[0]),
-                best(|| swav_models::flexconv::conv3x3_weight_grad_shifted(&xv, &gv, &geo)[0]),
-                best(|| swav_models::winograd::conv3x3_weight_grad(&xv, &gv, &geo)[0]),
+                best(|| swav_engine::kernels::conv2d_weight_grad_im2col(&xv, &gv, &geo)[0]),
+                best(|| swav_engine::kernels::conv3x3_weight_grad_shifted(&xv, &gv, &geo)[0]),
+                best(|| swav_engine::kernels::winograd::conv3x3_weight_grad(&xv, &gv, &geo)[0]),
             )
         });
         let gflop = 2.0 * (b * c * c * 9 * so * so) as f64 / 1e9;
@@ -105,7 +107,7 @@ fn main() {
         if let Some((ifwd, ixb, f2fwd, f2xb, iwb, swb, wwb)) = im2col {
             println!(
                 "    (flexconv above: Winograd {:?}; im2col: fwd {ifwd:.1} ms ({:.1})  x-grad {ixb:.1} ms ({:.1})  w-grad {iwb:.1} ms ({:.1}); shifted w-grad {swb:.1} ms ({:.1}); Winograd F4 w-grad {wwb:.1} ms ({:.1});",
-                swav_models::winograd::DEFAULT_TILE,
+                swav_engine::kernels::winograd::DEFAULT_TILE,
                 gflop / ifwd * 1e3,
                 gflop / ixb * 1e3,
                 gflop / iwb * 1e3,

@@ -1,0 +1,136 @@
+//! What the run watches and reports: the codes' use of the prototypes, non-finite weights, the
+//! parts of a non-finite loss, and collapse.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use swav_core::{SwavConfig, swapped_prediction_loss};
+
+/// Paths of the module's float tensors that hold NaN or infinity.
+pub(crate) fn non_finite<M: Module>(module: &M) -> Vec<String> {
+    struct V {
+        path: Vec<String>,
+        bad: Vec<String>,
+    }
+    impl burn::module::ModuleVisitor for V {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let t = param.val();
+            let has_bad = t.is_finite().bool_not().any().into_scalar::<bool>();
+            if has_bad {
+                self.bad.push(self.path.join("."));
+            }
+        }
+    }
+    let mut v = V {
+        path: Vec::new(),
+        bad: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.bad
+}
+
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec_as::<f32>().unwrap_or_default()
+}
+
+/// Prototypes in use (distinct arg-max over the batch) and the mean entropy (nats) of the
+/// samples' codes: ln K when every code is uniform (no sample is assigned to anything, the
+/// collapsed state), near 0 when each sample is assigned to one prototype.
+pub(crate) fn code_stats(codes: Tensor<2>) -> (usize, f64) {
+    let [b, k] = codes.dims();
+    let v = to_vec(codes);
+    if v.len() != b * k || b == 0 {
+        return (0, 0.0);
+    }
+    let mut used = vec![false; k];
+    let mut entropy = 0f64;
+    for row in v.chunks(k) {
+        let mut best = 0;
+        let total: f64 = row.iter().map(|&x| x as f64).sum::<f64>().max(1e-30);
+        for (j, &x) in row.iter().enumerate() {
+            let p = x as f64 / total;
+            if p > 0.0 {
+                entropy -= p * p.ln() / b as f64;
+            }
+            if x > row[best] {
+                best = j;
+            }
+        }
+        used[best] = true;
+    }
+    (used.iter().filter(|&&u| u).count(), entropy)
+}
+
+/// The score range and each loss part of every head, for the message of a non-finite loss.
+pub(crate) fn diagnose(
+    scores: &[Tensor<2>],
+    lo: &swav_core::SwavLossOutput,
+    batch: usize,
+    swav: &SwavConfig,
+) -> String {
+    let mut parts = Vec::new();
+    for (h, sc) in scores.iter().enumerate() {
+        let v: Vec<f32> = sc
+            .clone()
+            .detach()
+            .into_data()
+            .try_to_vec_as::<f32>()
+            .unwrap_or_default();
+        let (mn, mx) = v
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, c), &x| (a.min(x), c.max(x)));
+        parts.push(format!("head {h}: scores in [{mn}, {mx}]"));
+        for c in lo.codes.get(h).into_iter().flatten() {
+            let l = swapped_prediction_loss(
+                sc.clone().detach(),
+                batch,
+                std::slice::from_ref(c),
+                swav.temperature,
+            )
+            .into_scalar::<f32>();
+            parts.push(format!("head {h} crop {} part {l}", c.crop));
+        }
+    }
+    parts.join("; ")
+}
+
+/// The collapse warning after `epoch` (1-based), if the run looks collapsed: the epoch's mean
+/// loss stays at ln K and the codes are near uniform or use a handful of prototypes.
+/// `codes` is (fewest prototypes used in a batch, sum of the code entropies, batches measured).
+pub(crate) fn collapse_warning(
+    epoch: usize,
+    mean_loss: f64,
+    collapse_loss: f64,
+    k0: usize,
+    batch: usize,
+    global_batch: usize,
+    codes: (usize, f64, usize),
+) -> Option<String> {
+    let (used_min, entropy_sum, stat_n) = codes;
+    // With more prototypes than samples, equipartition alone spreads each code over at
+    // least K / B prototypes: "uniform" is judged within the entropy range that leaves.
+    let floor = (k0 as f64 / global_batch as f64).max(1.0).ln();
+    let ln_k = (k0 as f64).ln();
+    let uniform_codes = stat_n > 0 && entropy_sum / stat_n as f64 >= ln_k - 0.05 * (ln_k - floor);
+    let few = stat_n > 0 && used_min <= (k0.min(batch) / 10).max(1);
+    let at_ln_k = (mean_loss - collapse_loss).abs() <= 0.02 * collapse_loss;
+    (epoch >= 2 && at_ln_k && (few || uniform_codes)).then(|| {
+        format!(
+            "epoch {epoch}: the loss ({mean_loss:.4}) stays at ln K = {collapse_loss:.4}, the \
+             codes are {} and use as few as {used_min} prototypes in a batch: the model may \
+             have collapsed. Usual remedies: freeze the prototypes longer \
+             (freeze_prototypes_niters), a smaller epsilon (0.03), a smaller or later queue, \
+             fewer crops, a lower lr (or, for short runs with LARS, a higher one or AdamW)",
+            if uniform_codes {
+                "near uniform"
+            } else {
+                "confident"
+            }
+        )
+    })
+}

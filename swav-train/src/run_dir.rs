@@ -1,0 +1,306 @@
+//! The run folder's state: its files, the training state stored in the checkpoint, writing a
+//! checkpoint (atomically, refusing non-finite weights) and resuming from one (refusing a
+//! checkpoint of another configuration or dataset).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use swav_core::{EmbeddingQueue, QueueState};
+use swav_models::{
+    SPEC_KEY, StateArray, SwavModel, SwavModelSpec, read_checkpoint, write_checkpoint,
+};
+
+use crate::TrainError;
+use crate::config::TrainConfig;
+use crate::diagnostics::non_finite;
+use crate::optim::Optimizer;
+
+/// File names inside a run folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.bpk";
+/// The resolved configuration of the run.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The final summary.
+pub const SUMMARY_FILE: &str = "summary.json";
+const STATE_KEY: &str = "swav.train_state";
+
+/// The training configuration stored in a checkpoint written by [`train`] (`None` for a
+/// checkpoint from elsewhere, e.g. an exported or imported model).
+pub fn checkpoint_config(
+    ckpt: &swav_models::Checkpoint,
+) -> Result<Option<TrainConfig>, TrainError> {
+    let Some(text) = ckpt.metadata.get(STATE_KEY) else {
+        return Ok(None);
+    };
+    let state: TrainState = serde_json::from_str(text).map_err(|e| {
+        TrainError::Checkpoint(format!(
+            "{}: bad training state: {e}",
+            ckpt.path().display()
+        ))
+    })?;
+    Ok(Some(state.config))
+}
+
+/// Where the run was when a checkpoint was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epoch to continue in.
+    pub epoch: usize,
+    /// First batch of that epoch still to train on.
+    pub next_batch: usize,
+    /// Iterations done.
+    pub iteration: usize,
+    /// Seconds of training so far (all sessions).
+    pub elapsed_s: f64,
+    /// The run's configuration (its `[swav]` and `[data]` must match on resume).
+    pub config: TrainConfig,
+    /// Optimiser step counts by parameter path.
+    pub optim_steps: BTreeMap<String, u64>,
+    /// Queue rows written per slot, when the queue exists (rank 0's queue).
+    pub queue_filled: Option<Vec<usize>>,
+    /// The same for the queues of ranks 1, 2, ... of a data-parallel run.
+    #[serde(default)]
+    pub queue_filled_ranks: Vec<Vec<usize>>,
+    /// Iterations per epoch when written.
+    pub iters_per_epoch: usize,
+    /// f16 loss scaling state, when the run uses it.
+    #[serde(default)]
+    pub loss_scaler: Option<crate::LossScaler>,
+}
+
+/// Name of worker `rank`'s queue in a checkpoint.
+fn queue_array_name(rank: usize) -> String {
+    if rank == 0 {
+        "queue".into()
+    } else {
+        format!("queue.rank{rank}")
+    }
+}
+
+/// The checkpoint file of `p`: `p` itself, or the checkpoint inside the run folder `p`.
+pub(crate) fn checkpoint_path(p: &Path) -> PathBuf {
+    if p.is_dir() {
+        p.join(CHECKPOINT_FILE)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// Describes what differs between two configs' sections, field by field.
+fn differences(a: &impl Serialize, b: &impl Serialize) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
+        return vec!["(cannot compare)".into()];
+    };
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => a
+            .iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {v} in the checkpoint, {} now",
+                    b.get(k).cloned().unwrap_or_default()
+                )
+            })
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// Where a resumed run continues.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Resumed {
+    /// Epoch to continue in.
+    pub epoch: usize,
+    /// First batch of that epoch still to train on.
+    pub next_batch: usize,
+    /// Iterations done.
+    pub iteration: usize,
+    /// Seconds of training before this process.
+    pub elapsed_s: f64,
+    /// f16 loss scaling state, when the run uses it.
+    pub loss_scaler: Option<crate::LossScaler>,
+}
+
+/// Reads the checkpoint at `path` into `model`, `optim` and `queues` (one per worker, each on
+/// its worker's device `bases[rank]`), after checking that it was written by a run of the same
+/// `[swav]` and `[data]` configuration over the same number of iterations per epoch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn resume<E: swav_models::TaskBackbone>(
+    path: &Path,
+    config: &TrainConfig,
+    iters_per_epoch: usize,
+    model: SwavModel<E>,
+    optim: &mut Optimizer,
+    queues: &mut [Option<EmbeddingQueue>],
+    bases: &[Device],
+) -> Result<(SwavModel<E>, Resumed), TrainError> {
+    let world = bases.len();
+    let base = &bases[0];
+    let ckpt = read_checkpoint(path)?;
+    let state: TrainState = ckpt
+        .metadata
+        .get(STATE_KEY)
+        .ok_or_else(|| {
+            TrainError::Checkpoint(format!("{}: no training state in it", path.display()))
+        })
+        .and_then(|t| {
+            serde_json::from_str(t).map_err(|e| {
+                TrainError::Checkpoint(format!("{}: bad training state: {e}", path.display()))
+            })
+        })?;
+    let mut diff = differences(&state.config.swav, &config.swav);
+    diff.extend(differences(&state.config.data, &config.data));
+    if !diff.is_empty() {
+        return Err(TrainError::Checkpoint(format!(
+            "{} was written by a run with another configuration ({}); start a new run folder \
+             or use the same config",
+            path.display(),
+            diff.join("; ")
+        )));
+    }
+    if state.iters_per_epoch != iters_per_epoch {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: {} iterations per epoch then, {iters_per_epoch} now (the dataset changed)",
+            path.display(),
+            state.iters_per_epoch
+        )));
+    }
+    let model = ckpt.load_model(model)?;
+    optim.import(&ckpt.arrays, &state.optim_steps, base)?;
+    if let Some(filled) = &state.queue_filled {
+        // Every worker's queue: rank 0's under `queue`, the others' under `queue.rank<r>`.
+        let all_filled = std::iter::once(filled).chain(&state.queue_filled_ranks);
+        for (rank, filled) in all_filled.enumerate() {
+            let name = queue_array_name(rank);
+            let a = ckpt.arrays.get(&name).ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "{}: the queue of worker {rank} (`{name}`) is missing",
+                    path.display()
+                ))
+            })?;
+            let qs = QueueState {
+                slots: a.shape.first().copied().unwrap_or(0),
+                len: a.shape.get(1).copied().unwrap_or(0),
+                dim: a.shape.get(2).copied().unwrap_or(0),
+                filled: filled.clone(),
+                values: a.values.clone(),
+            };
+            let slot = queues.get_mut(rank).ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "{}: holds a queue for worker {rank}, this run has {world} workers",
+                    path.display()
+                ))
+            })?;
+            *slot = Some(EmbeddingQueue::from_state(
+                &qs,
+                &bases[rank].clone().autodiff(),
+            )?);
+        }
+    }
+    Ok((
+        model,
+        Resumed {
+            epoch: state.epoch,
+            next_batch: state.next_batch,
+            iteration: state.iteration,
+            elapsed_s: state.elapsed_s,
+            loss_scaler: state.loss_scaler,
+        },
+    ))
+}
+
+/// Writes a run's checkpoints.
+pub(crate) struct Saver<'a> {
+    /// The checkpoint file.
+    pub file: PathBuf,
+    /// The run's configuration.
+    pub config: &'a TrainConfig,
+    /// The model spec (with its backbone configuration).
+    pub spec: &'a SwavModelSpec,
+    /// Iterations per epoch.
+    pub iters_per_epoch: usize,
+}
+
+/// Where the run is when a checkpoint is written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Position {
+    pub epoch: usize,
+    pub next_batch: usize,
+    pub iteration: usize,
+    pub elapsed_s: f64,
+}
+
+impl Saver<'_> {
+    /// Writes the model, the optimiser state, every worker's queue and the training state.
+    pub fn save<E: swav_models::TaskBackbone>(
+        &self,
+        model: &SwavModel<E>,
+        optim: &Optimizer,
+        queues: &[Option<EmbeddingQueue>],
+        at: Position,
+        loss_scaler: Option<crate::LossScaler>,
+    ) -> Result<(), TrainError> {
+        let (config, spec, iters_per_epoch) = (self.config, self.spec, self.iters_per_epoch);
+        let ckpt_file = &self.file;
+        let Position {
+            epoch,
+            next_batch,
+            iteration,
+            elapsed_s: elapsed,
+        } = at;
+        // BatchNorm running statistics hold their latest update aside until synchronised;
+        // `valid` synchronises them in place (the state is shared), so the file has it.
+        drop(model.valid());
+        let bad = non_finite(model);
+        if !bad.is_empty() {
+            return Err(TrainError::NonFinite(format!(
+                "epoch {epoch}, iteration {iteration}: the weights of {} are NaN or infinite; the checkpoint \
+                 {} was not overwritten. Lower the learning rate",
+                bad.join(", "),
+                ckpt_file.display()
+            )));
+        }
+        let (mut arrays, steps) = optim.export()?;
+        let mut queue_filled = None;
+        let mut queue_filled_ranks = Vec::new();
+        for (rank, q) in queues.iter().enumerate() {
+            let Some(q) = q else { continue };
+            let st = q.state();
+            arrays.push(StateArray {
+                name: queue_array_name(rank),
+                shape: vec![st.slots, st.len, st.dim],
+                values: st.values,
+            });
+            if rank == 0 {
+                queue_filled = Some(st.filled);
+            } else {
+                queue_filled_ranks.push(st.filled);
+            }
+        }
+        let state = TrainState {
+            epoch,
+            next_batch,
+            iteration,
+            elapsed_s: elapsed,
+            config: config.clone(),
+            optim_steps: steps,
+            queue_filled,
+            queue_filled_ranks,
+            iters_per_epoch,
+            loss_scaler,
+        };
+        let mut meta = BTreeMap::new();
+        meta.insert(
+            STATE_KEY.to_string(),
+            serde_json::to_string(&state).map_err(|e| TrainError::Checkpoint(e.to_string()))?,
+        );
+        meta.insert(
+            SPEC_KEY.to_string(),
+            serde_json::to_string(&spec).map_err(|e| TrainError::Checkpoint(e.to_string()))?,
+        );
+        write_checkpoint(ckpt_file, model, arrays, &meta)?;
+        Ok(())
+    }
+}
