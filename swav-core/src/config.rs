@@ -1,6 +1,6 @@
 //! [`SwavConfig`]: every knob of the method, with the defaults of the original code and
-//! presets for the published recipes (`../shared/docs/swav-reference.md` in the repository
-//! lists the numbers and where they come from).
+//! presets for the published recipes (the paper's appendix and the original repository's
+//! scripts; each preset's documentation says whose recipe it follows).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,6 @@
 //! Loader throughput (images per second, every crop made and batched) at 1 and 2 threads:
-//! - the CIFAR-10 JPEG tree with the CIFAR preset (set `SWAV_CIFAR10_JPEG` to its `train`
-//!   folder, e.g. after `tar xzf ../shared/data/cifar10-jpeg/cifar10-jpeg-tree.tar.gz -C /tmp/cifar10`,
-//!   `SWAV_CIFAR10_JPEG=/tmp/cifar10/train`);
+//! - a CIFAR-10 JPEG tree (class folders) with the CIFAR preset: set `SWAV_CIFAR10_JPEG` to
+//!   its `train` folder;
 //! - 500 x 375 JPEGs (written to a temporary folder by this bench) with the original
 //!   2 x 224 + 6 x 96 preset;
 //! - the built-in Shapes10 dataset with the CIFAR preset (no files).

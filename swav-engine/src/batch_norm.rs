@@ -205,15 +205,15 @@ impl<B: Backend + FastBatchNormBackend, C: CheckpointStrategy> FastBatchNormBack
 
 /// Training-mode BatchNorm of `x` (`[B, C, ...]`, f32) with its batch statistics, scaled by
 /// `gamma` and shifted by `beta`, by the fused flex kernels, differentiable under autodiff:
-/// `Ok((output, batch mean, biased batch variance))`. Where they do not serve the case (another
-/// backend, another float type, inside [`crate::with_burn_kernels`]), `Err(x)` hands the input
+/// [`FusedBatchNorm::Done`]. Where they do not serve the case (another backend, another float
+/// type, inside [`crate::with_burn_kernels`]), [`FusedBatchNorm::NotServed`] hands the input
 /// back for the caller's own BatchNorm. The running statistics are the caller's.
 pub fn batch_norm_train<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f64,
-) -> Result<(Tensor<D>, Tensor<1>, Tensor<1>), Tensor<D>> {
+) -> FusedBatchNorm<D> {
     let serves = !burn_kernels_only()
         && D >= 2
         && x.dtype() == DType::F32
@@ -221,7 +221,7 @@ pub fn batch_norm_train<const D: usize>(
         && beta.dtype() == DType::F32
         && is_flex(&x.device());
     if !serves {
-        return Err(x);
+        return FusedBatchNorm::NotServed(x);
     }
     let (out, mean, variance) = <Dispatch as FastBatchNormBackend>::fast_batch_norm_train(
         x.into_dispatch(),
@@ -229,9 +229,28 @@ pub fn batch_norm_train<const D: usize>(
         beta.into_dispatch(),
         epsilon,
     );
-    Ok((
-        Tensor::<D>::from_dispatch(out),
-        Tensor::<1>::from_dispatch(mean),
-        Tensor::<1>::from_dispatch(variance),
-    ))
+    FusedBatchNorm::Done {
+        output: Tensor::<D>::from_dispatch(out),
+        mean: Tensor::<1>::from_dispatch(mean),
+        variance: Tensor::<1>::from_dispatch(variance),
+    }
+}
+
+/// What [`batch_norm_train`] did.
+// Returned by value once per BatchNorm call and taken apart at once: boxing the larger variant
+// would add an allocation per call for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum FusedBatchNorm<const D: usize> {
+    /// Computed by the fused kernels.
+    Done {
+        /// The normalised, scaled and shifted output.
+        output: Tensor<D>,
+        /// The batch mean per channel.
+        mean: Tensor<1>,
+        /// The biased batch variance per channel.
+        variance: Tensor<1>,
+    },
+    /// Not a case the kernels serve: the input, handed back.
+    NotServed(Tensor<D>),
 }

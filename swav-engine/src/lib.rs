@@ -35,11 +35,11 @@ mod simd;
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod winograd;
 
-pub use all_reduce::{AllReduceBackend, SharedStatsReduce, StatsReduce, all_reduce_sum};
-pub use batch_norm::{FastBatchNormBackend, batch_norm_train};
+pub use all_reduce::{SharedStatsReduce, StatsReduce, all_reduce_sum};
+pub use batch_norm::{FusedBatchNorm, batch_norm_train};
 #[cfg(feature = "block-cache")]
 pub use block_cache::{BlockCache, BlockCacheStats};
-pub use conv::{FastConvBackend, conv2d_no_bias};
+pub use conv::conv2d_no_bias;
 pub use dispatch::{is_flex, with_burn_kernels};
 
 /// The slice-level kernels behind [`conv2d_no_bias`]: contiguous NCHW f32 in, contiguous f32

@@ -21,6 +21,8 @@ use burn::tensor::ops::ConvOptions;
 use crate::precision::{autocast_dtype, to_compute, to_f32};
 
 #[cfg(feature = "engine")]
+use swav_engine::FusedBatchNorm;
+#[cfg(feature = "engine")]
 pub use swav_engine::{is_flex, with_burn_kernels};
 
 /// A convolution's forward. Explicit or no padding: the input, weight and bias in the autocast
@@ -70,11 +72,15 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
             return crate::syncbn::synchronised_batch_norm(bn, x, &group);
         }
         match swav_engine::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon) {
-            Ok((out, mean, variance)) => {
+            FusedBatchNorm::Done {
+                output,
+                mean,
+                variance,
+            } => {
                 crate::bn_stats::update_running_stats(bn, mean, variance);
-                out
+                output
             }
-            Err(x) => bn.forward(x),
+            FusedBatchNorm::NotServed(x) => bn.forward(x),
         }
     }
     #[cfg(not(feature = "engine"))]

@@ -106,3 +106,22 @@ pub fn group_tensor(group: CropGroupBatch, device: &Device) -> Tensor<4> {
     let shape = group.shape();
     Tensor::from_data(TensorData::new(group.data, shape), device)
 }
+
+impl<T: BatchSource + ?Sized> BatchSource for &T {
+    fn batches_per_epoch(&self) -> usize {
+        (**self).batches_per_epoch()
+    }
+
+    fn epoch(
+        &self,
+        epoch: usize,
+        start: usize,
+        rank: usize,
+    ) -> Result<Box<dyn Iterator<Item = Batch> + Send>, TrainError> {
+        (**self).epoch(epoch, start, rank)
+    }
+
+    fn skipped(&self) -> Vec<SkippedSample> {
+        (**self).skipped()
+    }
+}

@@ -82,7 +82,8 @@ pub struct RunSummary {
     pub out_dir: PathBuf,
     /// The checkpoint.
     pub checkpoint: PathBuf,
-    /// The plots.
+    /// The files the metric sinks wrote besides `metrics.jsonl` (PNG plots, CSV tables,
+    /// TensorBoard event files).
     pub plots: Vec<PathBuf>,
     /// The metrics file.
     pub metrics: PathBuf,
@@ -214,8 +215,7 @@ impl<'a> Trainer<'a> {
             sinks,
             spec,
         };
-        let result = run.go(build);
-        result
+        run.go(build)
     }
 }
 

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use swav_core::{OptimizerKind, SwavConfig};
 use swav_data::CropGroupBatch;
 use swav_models::{Backbone, ResNet, SwavModel, SwavModelSpec};
+use swav_tinynet::TinyNet;
 
 mod common;
 use common::{bits, tiny};
@@ -425,6 +426,120 @@ fn synchronised_batchnorm_steps_two_workers_as_one_with_the_whole_batch() {
     assert!(
         gap > 1e-4 || stem_gap > 1e-3,
         "per-worker statistics should change the step (loss {gap}, stem gradient {stem_gap})"
+    );
+}
+
+/// A backbone from another crate (tinynet) whose block 1 calls burn's `BatchNorm::forward`
+/// itself instead of `swav_models::layers::batch_norm`.
+#[derive(Module, Debug)]
+struct Bypass {
+    net: TinyNet,
+}
+
+impl Backbone for Bypass {
+    fn feature_dim(&self) -> usize {
+        self.net.dim
+    }
+
+    fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
+        let b1 = &self.net.block1;
+        let x = relu(b1.bn.forward(b1.conv.forward(images)));
+        let x = self.net.block3.forward(self.net.block2.forward(x));
+        let [b, c, _, _] = x.dims();
+        self.net.pool.forward(x).reshape([b, c])
+    }
+}
+
+/// Synchronised BatchNorm reaches a backbone from another crate through the layer API: with
+/// tinynet, 2 workers x B step as 1 worker x 2B (loss, codes, every gradient) and no layer is
+/// reported unsynchronised; with per-worker statistics the step differs. A backbone with one
+/// BatchNorm outside the layer API gets that layer named, by path.
+#[test]
+fn synchronised_batchnorm_reaches_tinynet_and_names_a_layer_that_bypasses_it() {
+    let cfg = SwavConfig {
+        hidden_mlp: 16,
+        sync_bn: true,
+        ..swav()
+    };
+    let cpu = Device::flex();
+    let dev = cpu.clone().autodiff();
+    let build = |d: &Device| -> Result<TinyNet, TrainError> { Ok(TinyNet::new(4, d)) };
+    let m = normalize_heads(
+        seeded_init(&dev, 9, |d| -> Result<SwavModel<TinyNet>, TrainError> {
+            Ok(SwavModel::new(
+                build(d)?,
+                16,
+                cfg.feat_dim,
+                &cfg.nmb_prototypes,
+                d,
+            ))
+        })
+        .expect("model"),
+    );
+    let b = 5;
+    let (single, pair, halves) = one_and_two(&cfg, &m, b, 31);
+    assert!(
+        pair.unsynchronised_batch_norms.is_empty(),
+        "{:?}",
+        pair.unsynchronised_batch_norms
+    );
+    let loss_diff = (single.loss - pair.loss).abs() / single.loss.abs();
+    assert!(loss_diff <= 1e-5, "loss {} vs {}", single.loss, pair.loss);
+    let joined: Vec<f32> = pair.codes.iter().flat_map(|c| floats(c.clone())).collect();
+    assert!(rel_diff(&floats(single.codes[0].clone()), &joined) < 1e-4);
+    // The bias of the head's Linear before its BatchNorm has a gradient of exactly zero in
+    // exact arithmetic (the normalisation removes any shift): rounding noise on both sides.
+    let head_bias = m
+        .head
+        .fc1
+        .bias
+        .as_ref()
+        .expect("fc1 has a bias")
+        .id
+        .to_string();
+    let without_bias = |g: Vec<(String, Vec<f32>)>| -> Vec<(String, Vec<f32>)> {
+        g.into_iter().filter(|(id, _)| *id != head_bias).collect()
+    };
+    let g1 = without_bias(grads_of(&m, &single.grads));
+    let g2 = without_bias(grads_of(&m, &pair.grads));
+    assert!(g1.len() >= 12, "convolutions, BatchNorms, head, prototypes");
+    grads_close(&g1, &g2, 1e-4);
+
+    let local = SwavConfig {
+        sync_bn: false,
+        ..cfg.clone()
+    };
+    let per_worker = WorkerGroup::new(vec![cpu.clone(), cpu.clone()], &local, b);
+    let unsynced = per_worker
+        .step_all_codes(&m, halves.clone(), &mut [None, None])
+        .expect("per-worker statistics");
+    let stem = |s: &swav_train::ParallelStep| {
+        floats(
+            s.grads
+                .get::<4>(m.backbone.block1.conv.weight.id)
+                .expect("stem gradient"),
+        )
+    };
+    assert!(
+        rel_diff(&stem(&single), &stem(&unsynced)) > 1e-3,
+        "per-worker statistics should change the step"
+    );
+
+    // The same network with block 1's BatchNorm outside the layer API.
+    let bypass = SwavModel {
+        backbone: Bypass {
+            net: m.backbone.clone(),
+        },
+        head: m.head.clone(),
+        prototypes: m.prototypes.clone(),
+    };
+    let two = WorkerGroup::new(vec![cpu.clone(), cpu], &cfg, b);
+    let step = two
+        .step_all_codes(&bypass, halves, &mut [None, None])
+        .expect("two workers");
+    assert_eq!(
+        step.unsynchronised_batch_norms,
+        vec!["backbone.net.block1.bn".to_string()]
     );
 }
 

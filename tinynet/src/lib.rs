@@ -34,7 +34,8 @@ impl ConvBnRelu {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// The block's output: convolution, BatchNorm and ReLU through [`swav_models::layers`].
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         relu(layers::batch_norm(&self.bn, layers::conv2d(&self.conv, x)))
     }
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: SwAV training-step throughput on random data, on the same shapes and
-//! with the same step as `../shared/refs/torch_swav_step.py` (the PyTorch peer), so the two can
+//! with the same step as `scripts/peers/torch_swav_step.py` (the PyTorch peer), so the two can
 //! be timed on the same machine: prototype normalisation, multi-crop forward grouped by
 //! resolution, Sinkhorn codes of crops 0 and 1 without gradient, swapped-prediction loss,
 //! backward, SGD step (lr 0.1, momentum 0.9, wd 1e-6). Prints one JSON line per run.

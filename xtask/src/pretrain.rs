@@ -126,12 +126,13 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
     if args.fresh && args.resume.is_some() {
         bail!("--fresh and --resume contradict each other");
     }
+    // The backbone is looked up before any data is opened: an unknown name is refused at once.
+    let spec = crate::Registry::describe(&spec_for(&config))?;
     let data = open_data(
         &config.data,
         config.swav.seed,
         (config.run.knn_train_samples, config.run.knn_test_samples),
     )?;
-    let spec = spec_for(&config);
     let s = &config.swav;
     eprintln!(
         "swav-rs pretrain: {} (base width {}{}), {} x {} crops, K = {:?}, {} epochs of batch {} on {}{}",
@@ -160,7 +161,6 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
     );
     eprintln!("data: {}", data.description);
     eprintln!("run folder: {}", config.run.out_dir.display());
-    let spec = crate::Registry::describe(&spec)?;
     let task = PretrainTask {
         args,
         config: &config,
@@ -234,7 +234,7 @@ fn report<E: TaskBackbone>(
     println!("checkpoint: {}", sm.checkpoint.display());
     println!("metrics: {}", sm.metrics.display());
     for p in &sm.plots {
-        println!("plot: {}", p.display());
+        println!("metrics output: {}", p.display());
     }
     if let Some(k) = &sm.knn {
         println!(

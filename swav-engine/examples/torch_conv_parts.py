@@ -1,7 +1,7 @@
 """PyTorch side of `cargo run -p swav-models --example conv_parts`: a 3x3 convolution's forward,
 input gradient and weight gradient on the CPU (2 threads), same shapes.
 
-Run: python3 swav-models/benches/torch_conv_parts.py
+Run: python3 swav-engine/examples/torch_conv_parts.py
 """
 import time, torch, torch.nn.functional as F
 torch.set_num_threads(2)

@@ -1,0 +1,291 @@
+//! The trainer's parts used from outside: a batch source of the user's own, an observer, every
+//! metrics sink (JSON lines, PNG, CSV, TensorBoard) agreeing record for record, and the run
+//! summary telling the truth about synchronised BatchNorm for a backbone that bypasses it.
+
+mod common;
+
+use std::sync::Mutex;
+
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use swav_data::{Batch, CropGroupBatch};
+use swav_models::Backbone;
+use swav_tinynet::TinyNet;
+use swav_train::{
+    BatchSource, StepProgress, TrainError, TrainObserver, Trainer, open_data,
+    tensorboard::read_scalars,
+};
+
+/// Views made by the test itself: random crops, the same for the same (epoch, batch, rank).
+struct OwnViews {
+    batches: usize,
+    batch: usize,
+    calls: Mutex<Vec<(usize, usize, usize)>>,
+}
+
+impl BatchSource for OwnViews {
+    fn batches_per_epoch(&self) -> usize {
+        self.batches
+    }
+
+    fn epoch(
+        &self,
+        epoch: usize,
+        start: usize,
+        rank: usize,
+    ) -> Result<Box<dyn Iterator<Item = Batch> + Send>, TrainError> {
+        self.calls.lock().expect("calls").push((epoch, start, rank));
+        let b = self.batch;
+        let make = move |index: usize| {
+            let mut rng = ChaCha8Rng::seed_from_u64((epoch * 1000 + index * 10 + rank) as u64);
+            let group = |size: u32, count: usize, rng: &mut ChaCha8Rng| CropGroupBatch {
+                size,
+                count,
+                batch: b,
+                data: (0..count * b * 3 * (size * size) as usize)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect(),
+            };
+            let large = group(16, 2, &mut rng);
+            let small = group(8, 1, &mut rng);
+            Batch {
+                epoch: epoch as u64,
+                index,
+                indices: (0..b).collect(),
+                labels: vec![None; b],
+                groups: vec![large, small],
+                skipped: 0,
+            }
+        };
+        Ok(Box::new((start..self.batches).map(make)))
+    }
+}
+
+#[derive(Default)]
+struct Counting {
+    started: Option<(usize, usize)>,
+    steps: Vec<StepProgress>,
+    epochs: Vec<usize>,
+    finished: usize,
+}
+
+impl TrainObserver for Counting {
+    fn started(&mut self, total: usize, done: usize) {
+        self.started = Some((total, done));
+    }
+    fn step(&mut self, p: &StepProgress) {
+        self.steps.push(*p);
+    }
+    fn epoch(&mut self, epoch: usize, _epochs: usize, _loss: f64, _knn: Option<f64>) {
+        self.epochs.push(epoch);
+    }
+    fn finished(&mut self) {
+        self.finished += 1;
+    }
+}
+
+#[test]
+fn a_run_takes_its_own_views_reports_to_an_observer_and_every_sink_agrees() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::tiny(dir.path());
+    config.swav.epochs = 2;
+    config.run.metrics = vec![
+        "jsonl".into(),
+        "png".into(),
+        "csv".into(),
+        "tensorboard".into(),
+    ];
+    let data = open_data(&config.data, config.swav.seed, (0, 0)).expect("data");
+    let source = OwnViews {
+        batches: 3,
+        batch: config.swav.batch_size,
+        calls: Mutex::new(Vec::new()),
+    };
+    let mut observer = Counting::default();
+    let outcome = Trainer::new(&config, &data)
+        .source(&source)
+        .observer(&mut observer)
+        .run(common::resnet(&config))
+        .expect("run");
+    assert_eq!(outcome.summary.iterations, 6);
+    assert_eq!(
+        *source.calls.lock().expect("calls"),
+        vec![(0, 0, 0), (1, 0, 0)]
+    );
+    assert_eq!(observer.started, Some((6, 0)));
+    assert_eq!(
+        observer
+            .steps
+            .iter()
+            .map(|p| p.iteration)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(observer.epochs, vec![1, 2]);
+    assert_eq!(observer.finished, 1);
+
+    // metrics.jsonl, the record the other sinks must agree with.
+    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).expect("jsonl");
+    let steps: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|v: &serde_json::Value| v["type"] == "step")
+        .collect();
+    assert_eq!(steps.len(), 6);
+    let losses: Vec<(u64, f64)> = steps
+        .iter()
+        .map(|v| {
+            (
+                v["iteration"].as_u64().expect("it"),
+                v["loss"].as_f64().expect("loss"),
+            )
+        })
+        .collect();
+    for (it, p) in observer.steps.iter().enumerate() {
+        assert_eq!(p.loss, losses[it].1);
+    }
+
+    // CSV: a row per step, the loss column equal to the JSON lines'.
+    let csv = std::fs::read_to_string(dir.path().join("metrics_step.csv")).expect("csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let (it_col, loss_col) = (
+        header
+            .iter()
+            .position(|c| *c == "iteration")
+            .expect("iteration"),
+        header.iter().position(|c| *c == "loss").expect("loss"),
+    );
+    let rows: Vec<(u64, f64)> = lines
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (
+                cells[it_col].parse().expect("iteration"),
+                cells[loss_col].parse().expect("loss"),
+            )
+        })
+        .collect();
+    assert_eq!(rows, losses);
+    let epochs_csv =
+        std::fs::read_to_string(dir.path().join("metrics_epoch.csv")).expect("epoch csv");
+    assert_eq!(epochs_csv.lines().count(), 3, "a header and two epochs");
+
+    // TensorBoard: step/loss at each iteration, as f32.
+    let tb_dir = dir.path().join("tensorboard");
+    let files: Vec<_> = std::fs::read_dir(&tb_dir)
+        .expect("tensorboard dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let scalars = read_scalars(&files[0]).expect("event file");
+    let tb_losses: Vec<(u64, f32)> = scalars
+        .iter()
+        .filter(|(_, tag, _)| tag == "step/loss")
+        .map(|(step, _, v)| (*step as u64, *v))
+        .collect();
+    let expected: Vec<(u64, f32)> = losses.iter().map(|(i, l)| (*i, *l as f32)).collect();
+    assert_eq!(tb_losses, expected);
+    assert!(
+        scalars
+            .iter()
+            .any(|(s, tag, _)| *s == 6 && tag == "epoch/loss")
+    );
+
+    // The files each sink wrote are listed in the summary.
+    for name in ["loss.png", "lr.png", "knn.png", "metrics_step.csv"] {
+        assert!(
+            outcome.summary.plots.iter().any(|p| p.ends_with(name)),
+            "{name} in {:?}",
+            outcome.summary.plots
+        );
+    }
+}
+
+#[test]
+fn an_unknown_metrics_sink_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::tiny(dir.path());
+    config.run.metrics = vec!["wandb".into()];
+    let err = config.validate().expect_err("refused");
+    assert!(err.to_string().contains("run.metrics"), "{err}");
+    assert!(err.to_string().contains("wandb"), "{err}");
+}
+
+/// tinynet with block 1's BatchNorm outside the layer API.
+#[derive(Module, Debug)]
+struct Bypass {
+    net: TinyNet,
+}
+
+impl Backbone for Bypass {
+    fn feature_dim(&self) -> usize {
+        self.net.dim
+    }
+
+    fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
+        let b1 = &self.net.block1;
+        let x = relu(b1.bn.forward(b1.conv.forward(images)));
+        let x = self.net.block3.forward(self.net.block2.forward(x));
+        let [b, c, _, _] = x.dims();
+        self.net.pool.forward(x).reshape([b, c])
+    }
+}
+
+/// A two-worker run with `swav.sync_bn`: tinynet's summary says synchronised; the same network
+/// with a BatchNorm outside the layer API says which layer is not, and warns.
+#[test]
+fn the_run_summary_says_which_batchnorms_are_synchronised() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::tiny(dir.path());
+    config.swav.world_size = 2;
+    config.swav.sync_bn = true;
+    config.swav.batch_size = 8;
+    config.swav.epochs = 1;
+    let data = open_data(&config.data, config.swav.seed, (0, 0)).expect("data");
+
+    let outcome = Trainer::new(&config, &data)
+        .options(swav_train::RunOptions {
+            resume_from: None,
+            stop_after: Some(1),
+        })
+        .run(|d: &Device| -> Result<TinyNet, TrainError> { Ok(TinyNet::new(4, d)) })
+        .expect("tinynet run");
+    assert!(
+        outcome.summary.batchnorm.starts_with("synchronised"),
+        "{}",
+        outcome.summary.batchnorm
+    );
+    assert!(outcome.summary.warnings.is_empty());
+
+    let dir2 = tempfile::tempdir().expect("temp dir");
+    config.run.out_dir = dir2.path().to_path_buf();
+    let outcome = Trainer::new(&config, &data)
+        .options(swav_train::RunOptions {
+            resume_from: None,
+            stop_after: Some(1),
+        })
+        .run(|d: &Device| -> Result<Bypass, TrainError> {
+            Ok(Bypass {
+                net: TinyNet::new(4, d),
+            })
+        })
+        .expect("bypass run");
+    assert!(
+        outcome.summary.batchnorm.starts_with("partly synchronised")
+            && outcome.summary.batchnorm.contains("backbone.net.block1.bn"),
+        "{}",
+        outcome.summary.batchnorm
+    );
+    assert!(
+        outcome
+            .summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("backbone.net.block1.bn")),
+        "{:?}",
+        outcome.summary.warnings
+    );
+}
