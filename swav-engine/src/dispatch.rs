@@ -37,3 +37,10 @@ pub(crate) fn burn_kernels_only() -> bool {
 pub(crate) fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> burn::backend::flex::FlexTensor {
     burn::backend::flex::FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
 }
+
+/// The name of the backend that runs `device`, as burn reports it: for example
+/// `dispatch<autodiff<flex>>` on the CPU, or on a GPU the compiler and whether kernel fusion
+/// is on (`dispatch<fusion<cubecl<wgpu<spirv>>>>`).
+pub fn backend_name(device: &burn::tensor::Device) -> String {
+    <burn::backend::Dispatch as burn::backend::Backend>::name(device.as_dispatch())
+}

@@ -40,7 +40,7 @@ pub use batch_norm::{FusedBatchNorm, batch_norm_train};
 #[cfg(feature = "block-cache")]
 pub use block_cache::{BlockCache, BlockCacheStats};
 pub use conv::conv2d_no_bias;
-pub use dispatch::{is_flex, with_burn_kernels};
+pub use dispatch::{backend_name, is_flex, with_burn_kernels};
 
 /// The slice-level kernels behind [`conv2d_no_bias`]: contiguous NCHW f32 in, contiguous f32
 /// out, for this crate's tests and benchmarks (feature `internals`).

@@ -75,8 +75,9 @@ impl Default for DataConfig {
 pub struct RunConfig {
     /// The run folder (config, checkpoint, metrics, plots, summary).
     pub out_dir: PathBuf,
-    /// `cpu` (burn's flex backend), or `wgpu` / `wgpu:N` (a GPU through burn's wgpu backend;
-    /// needs the `wgpu` feature).
+    /// `cpu` (burn's flex backend), or a GPU through burn's wgpu backend (the `wgpu` feature):
+    /// `wgpu` / `gpu` (the default adapter; SPIR-V kernels on Vulkan, WGSL elsewhere), `wgpu:N`
+    /// (the N-th discrete GPU), `vulkan` / `vulkan:N` (pinned to Vulkan).
     pub device: String,
     /// The device of each data-parallel worker, by rank, when they differ (empty: every worker
     /// on `device`). One entry per worker (`swav.world_size`): `cpu`, `wgpu`, `wgpu:N`, or
@@ -103,6 +104,9 @@ pub struct RunConfig {
     pub metrics: Vec<String>,
     /// No progress bar; one line per epoch (read by the binary that shows progress).
     pub quiet: bool,
+    /// Where GPU kernels and autotune results persist between runs (see
+    /// `swav_train::kernel_cache_dir`; unset: `$SWAV_KERNEL_CACHE` or the user's cache folder).
+    pub kernel_cache: Option<PathBuf>,
     /// Continue from the run folder's checkpoint when there is one.
     pub auto_resume: bool,
 }
@@ -122,6 +126,7 @@ impl Default for RunConfig {
             knn_test_samples: 2_000,
             metrics: vec!["jsonl".into(), "png".into()],
             quiet: false,
+            kernel_cache: None,
             auto_resume: true,
         }
     }
@@ -229,14 +234,12 @@ impl TrainConfig {
         if self.data.prefetch == 0 {
             return bad("data.prefetch", "must be at least 1");
         }
-        let known = |d: &str| {
-            let gpu_index = d
-                .strip_prefix("wgpu:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
-            matches!(d, "cpu" | "wgpu" | "gpu") || gpu_index
-        };
+        let known = |d: &str| d == "cpu" || matches!(gpu_name(d), Ok(Some(_)));
         if !known(&self.run.device) {
-            return bad("run.device", "must be `cpu`, `wgpu` (or `gpu`) or `wgpu:N`");
+            return bad(
+                "run.device",
+                "must be `cpu`, `wgpu` (or `gpu`), `wgpu:N`, `vulkan` or `vulkan:N`",
+            );
         }
         if !self.run.devices.is_empty() {
             if self.run.devices.len() != self.swav.world_size {
@@ -252,7 +255,7 @@ impl TrainConfig {
                 if !(known(d) || remote) {
                     return Err(TrainError::ConfigFile(format!(
                         "invalid config: `run.devices` entry `{d}` must be `cpu`, `wgpu`, \
-                         `wgpu:N` or `ws://host:port`"
+                         `wgpu:N`, `vulkan`, `vulkan:N` or `ws://host:port`"
                     )));
                 }
             }
@@ -360,5 +363,27 @@ fn apply_override(root: &mut toml::Table, text: &str) -> Result<(), TrainError> 
 
 /// Fields that are absent from a serialised default because their default is `None`.
 fn optional_field(section: &str, key: &str) -> bool {
-    section == "data" && key == "path"
+    (section == "data" && key == "path") || (section == "run" && key == "kernel_cache")
+}
+
+/// A GPU device name split into its API (`wgpu`, or `vulkan` pinned) and index (`None`: the
+/// default adapter): `wgpu`, `gpu`, `wgpu:N`, `vulkan`, `vulkan:N`. `None` for other names;
+/// an error for a malformed index.
+pub(crate) fn gpu_name(name: &str) -> Result<Option<(bool, Option<usize>)>, String> {
+    let (api, index) = match name.split_once(':') {
+        Some((api, index)) => (api, Some(index)),
+        None => (name, None),
+    };
+    let vulkan = match api {
+        "wgpu" | "gpu" => false,
+        "vulkan" => true,
+        _ => return Ok(None),
+    };
+    match index {
+        None => Ok(Some((vulkan, None))),
+        Some(i) => i
+            .parse::<usize>()
+            .map(|i| Some((vulkan, Some(i))))
+            .map_err(|_| format!("the GPU index after `{api}:` must be a number, not `{i}`")),
+    }
 }

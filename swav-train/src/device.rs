@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::TrainError;
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, gpu_name};
 
 /// Serialises "seed the device, then draw initial weights": burn's generator belongs to the
 /// device, so two runs initialising at once in one process (tests, a sweep) would otherwise
@@ -40,21 +40,29 @@ pub fn device_for(config: &TrainConfig) -> Result<Device, TrainError> {
     device_named(&config.run.device, "run.device")
 }
 
-/// The device a name in the config designates: `cpu`, `wgpu` / `gpu`, `wgpu:N`, or
-/// `ws://host:port` (a remote server, connected here).
+/// The device a name in the config designates: `cpu`; with the `wgpu` feature `wgpu` / `gpu`
+/// (the default adapter, on the platform's API: Vulkan with SPIR-V kernels on Linux and
+/// Windows where the adapter supports it, WGSL otherwise), `wgpu:N` (the N-th discrete GPU),
+/// `vulkan` / `vulkan:N` (pinned to Vulkan); or `ws://host:port` (a remote server, connected
+/// here).
 pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
+    let gpu = gpu_name(name).map_err(|e| TrainError::ConfigFile(format!("{field}: {e}")))?;
+    #[cfg(not(feature = "wgpu"))]
+    let _ = gpu;
     match name {
         "cpu" => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        "wgpu" | "gpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "wgpu")]
-        other if other.starts_with("wgpu:") => {
-            let index = other["wgpu:".len()..].parse::<usize>().map_err(|_| {
-                TrainError::ConfigFile(format!(
-                    "{field} = `{other}`: the GPU index after `wgpu:` must be a number"
-                ))
-            })?;
-            Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index)))
+        _ if gpu.is_some() => {
+            use burn::tensor::DeviceKind;
+            let Some((vulkan, index)) = gpu else {
+                unreachable!("checked by the guard")
+            };
+            let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
+            Ok(if vulkan {
+                Device::vulkan(kind)
+            } else {
+                Device::wgpu(kind)
+            })
         }
         #[cfg(feature = "remote")]
         other if other.starts_with("ws://") => {
@@ -69,9 +77,10 @@ pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
         other => Err(TrainError::ConfigFile(format!(
             "{field} = `{other}` is not built into this binary ({})",
             match (cfg!(feature = "wgpu"), cfg!(feature = "remote")) {
-                (true, true) => "choose cpu, wgpu, wgpu:N or ws://host:port",
+                (true, true) => "choose cpu, wgpu, wgpu:N, vulkan, vulkan:N or ws://host:port",
                 (true, false) =>
-                    "choose cpu, wgpu or wgpu:N; rebuild with `--features remote` for ws://",
+                    "choose cpu, wgpu, wgpu:N, vulkan or vulkan:N; rebuild with `--features \
+                     remote` for ws://",
                 (false, true) =>
                     "choose cpu or ws://host:port; rebuild with `--features wgpu` for GPUs",
                 (false, false) =>
@@ -103,16 +112,69 @@ pub fn devices_for(config: &TrainConfig) -> Result<Vec<Device>, TrainError> {
     }
     #[cfg(feature = "wgpu")]
     {
-        let start = config
-            .run
-            .device
-            .strip_prefix("wgpu:")
-            .and_then(|i| i.parse::<usize>().ok())
-            .unwrap_or(0);
-        Ok((start..start + n)
-            .map(|i| Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(i)))
-            .collect())
+        let (api, start) = match gpu_name(&config.run.device) {
+            Ok(Some((vulkan, index))) => (if vulkan { "vulkan" } else { "wgpu" }, index),
+            _ => ("wgpu", None),
+        };
+        (start.unwrap_or(0)..start.unwrap_or(0) + n)
+            .map(|i| device_named(&format!("{api}:{i}"), "run.device"))
+            .collect()
     }
     #[cfg(not(feature = "wgpu"))]
     Ok(vec![first; n])
+}
+
+/// Where GPU kernels and autotune results persist between runs: `run.kernel_cache` when set,
+/// else `$SWAV_KERNEL_CACHE`, else `$XDG_CACHE_HOME/swav-rs/kernels`, else
+/// `~/.cache/swav-rs/kernels`. The folder is specific to the GPU model, driver and swav-rs
+/// build it was filled with; copied to another machine of the same kind (same GPU, driver and
+/// binary) it saves that machine the compilation and autotuning of the first steps.
+pub fn kernel_cache_dir(config: &TrainConfig) -> std::path::PathBuf {
+    if let Some(dir) = &config.run.kernel_cache {
+        return dir.clone();
+    }
+    if let Some(dir) = std::env::var_os("SWAV_KERNEL_CACHE").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .unwrap_or_else(|| std::path::PathBuf::from(".cache"));
+    base.join("swav-rs").join("kernels")
+}
+
+/// Whether any of the config's devices is a GPU.
+pub fn uses_gpu(config: &TrainConfig) -> bool {
+    std::iter::once(&config.run.device)
+        .chain(&config.run.devices)
+        .any(|d| matches!(gpu_name(d), Ok(Some(_))))
+}
+
+/// Points the GPU runtime's persistent cache (compiled kernels, autotune results) at
+/// [`kernel_cache_dir`], before any GPU device starts: `Ok(Some(dir))` when it took effect,
+/// `Ok(None)` on the CPU, without a GPU build, or when the runtime was configured already (a
+/// `cubecl.toml` read first, or an earlier call in this process), where the existing setting
+/// stays.
+pub fn configure_kernel_cache(
+    config: &TrainConfig,
+) -> Result<Option<std::path::PathBuf>, TrainError> {
+    if !uses_gpu(config) {
+        return Ok(None);
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        use burn::cubecl::config::cache::CacheConfig;
+        use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+        let dir = kernel_cache_dir(config);
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        let mut runtime = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        runtime.environment.path = CacheConfig::Directory(dir.clone());
+        Ok(CubeClRuntimeConfig::try_set(runtime).then_some(dir))
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = config;
+        Ok(None)
+    }
 }

@@ -39,7 +39,10 @@ pub use adapters::{eval_transform_for, knn_monitor, multicrop_for, spec_for};
 pub use amp::{LossScaler, autocast_for};
 pub use config::{DataConfig, DataKind, RunConfig, TrainConfig};
 pub use data::{DynDataset, RunData, open_data};
-pub use device::{device_for, device_named, devices_for, seeded_init};
+pub use device::{
+    configure_kernel_cache, device_for, device_named, devices_for, kernel_cache_dir, seeded_init,
+    uses_gpu,
+};
 pub use error::TrainError;
 pub use metrics::{
     Csv, JsonLines, METRICS_FILE, MetricsSink, Plots, Record, SINK_NAMES, TensorBoard, sinks_named,

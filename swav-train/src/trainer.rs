@@ -71,6 +71,12 @@ pub struct RunSummary {
     pub knn: Option<KnnResult>,
     /// BatchNorm statistics mode.
     pub batchnorm: String,
+    /// The backend that ran the first worker, as burn names it (compiler, fusion).
+    #[serde(default)]
+    pub backend: String,
+    /// Where the GPU runtime kept compiled kernels and autotune results (GPU runs).
+    #[serde(default)]
+    pub kernel_cache: Option<PathBuf>,
     /// Compute precision: `f32`, or the half type of mixed precision and its loss scaling.
     #[serde(default)]
     pub precision: String,
@@ -261,6 +267,7 @@ impl Run<'_, '_> {
         let s = &config.swav;
         let out_dir = config.run.out_dir.clone();
         std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
+        let kernel_cache = crate::device::configure_kernel_cache(config)?;
         let bases = devices_for(config)?;
         let world = bases.len();
         let base = bases[0].clone();
@@ -373,6 +380,8 @@ impl Run<'_, '_> {
                     s.batch_size
                 )
             },
+            backend: swav_engine::backend_name(&device),
+            kernel_cache,
             warnings: Vec::new(),
             data: self.data.description.clone(),
             out_dir: out_dir.clone(),

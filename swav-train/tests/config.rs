@@ -175,3 +175,48 @@ fn the_saved_config_reads_back_equal() {
     let back = TrainConfig::from_toml(&c.to_toml().expect("toml"), &[]).expect("parse");
     assert_eq!(back, c);
 }
+
+/// GPU device names: the default adapter, the N-th discrete GPU, Vulkan pinned; a malformed
+/// index or an unknown API is refused by name; a CPU build says it has no GPU.
+#[test]
+fn gpu_device_names_are_checked_and_a_cpu_build_says_so() {
+    for good in ["cpu", "wgpu", "gpu", "wgpu:1", "vulkan", "vulkan:0"] {
+        let c = TrainConfig::from_toml("", &[format!("run.device=\"{good}\"")]).expect("parsed");
+        c.validate()
+            .unwrap_or_else(|e| panic!("{good} refused: {e}"));
+    }
+    for bad in ["cuda", "wgpu:x", "vulkan:-1", "metal"] {
+        let c = TrainConfig::from_toml("", &[format!("run.device=\"{bad}\"")]).expect("parsed");
+        let err = c.validate().expect_err(bad).to_string();
+        assert!(err.contains("run.device"), "{bad}: {err}");
+    }
+    if !cfg!(feature = "wgpu") {
+        let err = swav_train::device_named("vulkan:1", "run.device")
+            .expect_err("no GPU in this build")
+            .to_string();
+        assert!(err.contains("not built into this binary"), "{err}");
+    }
+}
+
+/// The kernel cache: the config's folder first, then `$SWAV_KERNEL_CACHE`, then the user's
+/// cache folder; nothing is configured or created for a CPU run.
+#[test]
+fn the_kernel_cache_folder_follows_config_then_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = TrainConfig::default();
+    c.run.kernel_cache = Some(dir.path().join("k"));
+    assert_eq!(swav_train::kernel_cache_dir(&c), dir.path().join("k"));
+    c.run.kernel_cache = None;
+    let default = swav_train::kernel_cache_dir(&c);
+    assert!(
+        default.ends_with("swav-rs/kernels") || std::env::var_os("SWAV_KERNEL_CACHE").is_some(),
+        "{}",
+        default.display()
+    );
+    c.run.kernel_cache = Some(dir.path().join("cpu-run"));
+    assert_eq!(swav_train::configure_kernel_cache(&c).expect("cpu"), None);
+    assert!(!dir.path().join("cpu-run").exists());
+    let parsed = TrainConfig::from_toml("", &["run.kernel_cache=\"/data/k\"".into()])
+        .expect("the field is settable");
+    assert_eq!(parsed.run.kernel_cache, Some("/data/k".into()));
+}

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,6 +76,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut cfg = TrainConfig::default();
     cfg.run.device = args.device.clone();
     cfg.swav.world_size = args.workers;
+    let kernel_cache = swav_train::configure_kernel_cache(&cfg)?;
     let devices = devices_for(&cfg)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let device = devices[0].clone().autodiff();
@@ -88,7 +90,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         prototypes: vec![3000],
         backbone: serde_json::Value::Null,
     };
-    let mut model = seeded_init(&device, 0, |d| spec.init(d))?;
+    // Drawn on the CPU and moved: the same initial weights on every backend, so their losses
+    // compare (each backend's own generator draws other numbers).
+    let cpu = burn::tensor::Device::flex().autodiff();
+    let mut model = seeded_init(&cpu, 0, |d| spec.init(d))?.fork(&device);
     let mut optim = Optimizer::new(OptimConfig {
         kind: OptimizerKind::Sgd,
         momentum: 0.9,
@@ -149,7 +154,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "swav-rs", "backend": if args.device == "cpu" { "burn flex (CPU)" } else { "burn wgpu" },
+            "impl": "swav-rs", "backend": swav_engine::backend_name(&device), "kernel_cache": kernel_cache,
             "threads": threads, "workers": args.workers, "sync_bn": args.sync_bn,
             "amp": args.amp.as_deref().unwrap_or("off"),
             "arch": args.arch, "base_width": args.base_width, "cifar_stem": args.cifar_stem,

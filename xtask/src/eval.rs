@@ -63,6 +63,10 @@ pub struct ModelArgs {
     /// Report folder; default `<run folder>/eval` (or `runs/eval`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Where the network runs: `cpu`, or with a GPU build (`--features wgpu`) `wgpu` / `gpu`
+    /// (the default adapter) or `wgpu:N` (the N-th discrete GPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Options of `cargo xtask linear-eval`.
@@ -162,7 +166,9 @@ fn prepare(args: &ModelArgs) -> Result<Prepared> {
         };
         let mut c = TrainConfig::from_toml(&text, &overrides)?;
         folder_if_path(&mut c, args.data.is_some(), args.data_kind.is_some());
-        c.run.device = "cpu".into();
+        // The evaluation's own device, whatever the run that wrote the checkpoint used.
+        c.run.device = args.device.clone();
+        c.run.devices.clear();
         Ok(c)
     };
     let ckpt_path = args.checkpoint.as_ref().map(|p| {
@@ -218,6 +224,7 @@ fn finish<E: TaskBackbone>(p: Prepared, build: &BuildBackbone<E>) -> Result<Load
         top_level_key,
         out,
     } = p;
+    swav_train::configure_kernel_cache(&config)?;
     let device = device_for(&config)?;
     let seed = config.swav.seed;
     let mut model = seeded_init(&device, seed, |d| spec.wrap(build(d)?, d))?;

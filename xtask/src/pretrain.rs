@@ -53,6 +53,11 @@ pub struct PretrainArgs {
     /// Skip the random-initialisation kNN baseline at the end.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Stop after this many iterations of this process without writing anything more, as a
+    /// kill would (the last checkpoint stays; the same command resumes from it). For checks
+    /// of resume, e.g. on another device.
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
 }
 
 /// The resolved configuration of the arguments.
@@ -183,7 +188,7 @@ impl ModelTask for PretrainTask<'_> {
         let PretrainTask { args, config, data } = self;
         let options = RunOptions {
             resume_from: args.resume.clone(),
-            stop_after: None,
+            stop_after: args.stop_after,
         };
         let mut progress = crate::progress::Progress::new(config.run.quiet);
         let outcome = Trainer::new(config, data)
@@ -221,6 +226,10 @@ fn report<E: TaskBackbone>(
             "last epoch mean loss {l:.4} (collapse level ln K = {:.4})",
             sm.collapse_loss
         );
+    }
+    println!("backend: {}", sm.backend);
+    if let Some(dir) = &sm.kernel_cache {
+        println!("kernel cache: {}", dir.display());
     }
     println!("batch norm: {}", sm.batchnorm);
     println!("precision: {}", sm.precision);

@@ -81,6 +81,21 @@ fn a_tinynet_checkpoint_is_trained_and_evaluated_from_the_command_line() {
             "{report}"
         );
     }
+
+    // Every evaluation takes `--device`; a device this build lacks is refused by name.
+    let o = xtask(&["knn-eval", "--checkpoint", &out_s, "--device", "cpu"]);
+    assert!(o.status.success(), "{}", text(&o));
+    if !cfg!(feature = "wgpu") {
+        for command in ["knn-eval", "linear-eval", "assign", "semisup"] {
+            let o = xtask(&[command, "--checkpoint", &out_s, "--device", "wgpu"]);
+            assert!(!o.status.success(), "{command}");
+            assert!(
+                text(&o).contains("not built into this binary"),
+                "{command}: {}",
+                text(&o)
+            );
+        }
+    }
 }
 
 #[test]
