@@ -90,6 +90,10 @@ pub struct RunConfig {
     pub log_every: usize,
     /// Run the kNN monitor every N epochs (0: never; the last epoch always, when > 0).
     pub knn_every: usize,
+    /// Warn when the kNN monitor's top-1 stays at or below the same network at random
+    /// initialisation (measured once when the run starts) for this many evaluations in a row
+    /// (0: never).
+    pub knn_patience: usize,
     /// kNN neighbours.
     pub knn_k: usize,
     /// kNN temperature.
@@ -120,6 +124,7 @@ impl Default for RunConfig {
             checkpoint_every: 500,
             log_every: 10,
             knn_every: 1,
+            knn_patience: 3,
             knn_k: 20,
             knn_temperature: 0.07,
             knn_train_samples: 10_000,

@@ -153,13 +153,13 @@ pub fn uses_gpu(config: &TrainConfig) -> bool {
 
 /// Points the GPU runtime's persistent cache (compiled kernels, autotune results) at
 /// [`kernel_cache_dir`], before any GPU device starts: `Ok(Some(dir))` when it took effect,
-/// `Ok(None)` on the CPU, without a GPU build, or when the runtime was configured already (a
-/// `cubecl.toml` read first, or an earlier call in this process), where the existing setting
-/// stays.
+/// `Ok(None)` on the CPU, without a GPU build, with `SWAV_KERNEL_CACHE=off` (CubeCL's own
+/// settings and cache folder), or when the runtime was configured already (a `cubecl.toml` read
+/// first, or an earlier call in this process), where the existing setting stays.
 pub fn configure_kernel_cache(
     config: &TrainConfig,
 ) -> Result<Option<std::path::PathBuf>, TrainError> {
-    if !uses_gpu(config) {
+    if !uses_gpu(config) || std::env::var_os("SWAV_KERNEL_CACHE").is_some_and(|v| v == "off") {
         return Ok(None);
     }
     #[cfg(feature = "wgpu")]

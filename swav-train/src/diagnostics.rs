@@ -134,3 +134,72 @@ pub(crate) fn collapse_warning(
         )
     })
 }
+
+/// Watches the kNN monitor against the same network at random initialisation: a run whose
+/// trained kNN stays at or below that baseline for `patience` evaluations in a row has learned
+/// nothing useful so far, and is told so once, with the usual remedies.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NoLearningWatch {
+    baseline: f64,
+    patience: usize,
+    at_or_below: usize,
+    warned: bool,
+}
+
+impl NoLearningWatch {
+    /// A watch against a baseline top-1 (%) that warns after `patience` evaluations (0: never).
+    pub fn new(baseline: f64, patience: usize) -> Self {
+        Self {
+            baseline,
+            patience,
+            at_or_below: 0,
+            warned: false,
+        }
+    }
+
+    /// One evaluation after `epoch` (1-based): the warning, the first time the trained top-1
+    /// has stayed at or below the baseline for `patience` evaluations in a row.
+    pub fn observe(&mut self, epoch: usize, top1: f64) -> Option<String> {
+        if top1 > self.baseline {
+            self.at_or_below = 0;
+            return None;
+        }
+        self.at_or_below += 1;
+        if self.patience == 0 || self.warned || self.at_or_below < self.patience {
+            return None;
+        }
+        self.warned = true;
+        Some(format!(
+            "epoch {epoch}: the kNN top-1 ({top1:.2} %) has stayed at or below the same network \
+             at random initialisation ({:.2} %) for {} evaluations: the run has learned nothing \
+             useful yet. Usual remedies: more epochs, weaker colour jitter (colour is a cue both \
+             crops share), learnable prototypes (a shorter freeze_prototypes_niters), more \
+             prototypes (nmb_prototypes), a higher learning rate",
+            self.baseline, self.at_or_below
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_warns_once_after_its_patience_and_resets_on_progress() {
+        let mut w = NoLearningWatch::new(34.0, 3);
+        assert_eq!(w.observe(1, 30.0), None);
+        assert_eq!(w.observe(2, 34.0), None);
+        // Above the baseline: the count starts again.
+        assert_eq!(w.observe(3, 34.5), None);
+        assert_eq!(w.observe(4, 33.0), None);
+        assert_eq!(w.observe(5, 31.0), None);
+        let warning = w.observe(6, 32.0).expect("third evaluation in a row");
+        assert!(
+            warning.contains("34.00 %") && warning.contains("epoch 6"),
+            "{warning}"
+        );
+        assert_eq!(w.observe(7, 30.0), None, "once");
+        let mut off = NoLearningWatch::new(34.0, 0);
+        assert!((1..10).all(|e| off.observe(e, 10.0).is_none()));
+    }
+}

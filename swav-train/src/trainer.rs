@@ -69,6 +69,10 @@ pub struct RunSummary {
     pub skipped_files: Vec<String>,
     /// Last kNN monitor result.
     pub knn: Option<KnnResult>,
+    /// The kNN monitor on the same network at random initialisation, measured when the run
+    /// started (when the monitor runs and the data has labelled splits).
+    #[serde(default)]
+    pub knn_baseline: Option<KnnResult>,
     /// BatchNorm statistics mode.
     pub batchnorm: String,
     /// The backend that ran the first worker, as burn names it (compiler, fusion).
@@ -295,6 +299,13 @@ impl Run<'_, '_> {
         let mut model = seeded_init(&device, s.seed, |d| -> Result<SwavModel<E>, TrainError> {
             Ok(spec.wrap(build(d)?, d)?)
         })?;
+        // The monitor's baseline: this network before any training (also when resuming, as the
+        // checkpoint has not been loaded yet).
+        let knn_baseline = if config.run.knn_every > 0 {
+            knn_monitor(&model.backbone, config, self.data, &base)?
+        } else {
+            None
+        };
         let mut optim = Optimizer::new(OptimConfig {
             kind: s.optimizer,
             momentum: s.momentum,
@@ -364,6 +375,7 @@ impl Run<'_, '_> {
             collapse_loss,
             skipped_files: Vec::new(),
             knn: None,
+            knn_baseline: None,
             precision: String::new(),
             batchnorm: if world == 1 {
                 "batch statistics of the one worker's batch".to_string()
@@ -390,6 +402,10 @@ impl Run<'_, '_> {
             metrics: jsonl.path().to_path_buf(),
         };
 
+        summary.knn_baseline = knn_baseline.clone();
+        let mut watch = knn_baseline
+            .as_ref()
+            .map(|b| crate::diagnostics::NoLearningWatch::new(b.top1, config.run.knn_patience));
         let total_iters = schedule.len();
         self.observer.started(total_iters, iteration);
         let started = Instant::now();
@@ -614,6 +630,9 @@ impl Run<'_, '_> {
             };
             if let Some(k) = &knn {
                 summary.knn = Some(k.clone());
+                if let Some(w) = watch.as_mut().and_then(|w| w.observe(epoch, k.top1)) {
+                    self.warn(&mut summary, w);
+                }
             }
             let secs = epoch_start.elapsed().as_secs_f64().max(1e-9);
             let skipped = self.source.skipped().len();
@@ -626,6 +645,7 @@ impl Run<'_, '_> {
                     "images_per_s": epoch_images as f64 / secs, "time_s": secs,
                     "knn_top1": knn.as_ref().map(|k| k.top1),
                     "knn_top5": knn.as_ref().map(|k| k.top5),
+                    "knn_baseline_top1": knn.as_ref().and(knn_baseline.as_ref()).map(|b| b.top1),
                     "code_entropy": if stat_n > 0 { Some(entropy_sum / stat_n as f64) } else { None },
                     "prototypes_used_min": if stat_n > 0 { Some(used_min) } else { None },
                     "skipped_files": skipped,

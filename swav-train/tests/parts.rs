@@ -289,3 +289,44 @@ fn the_run_summary_says_which_batchnorms_are_synchronised() {
         outcome.summary.warnings
     );
 }
+
+/// The kNN monitor's baseline is the network before training, measured once when the run
+/// starts: equal to the monitor on a fresh seeded network, and recorded beside every trained
+/// figure in the epoch records.
+#[test]
+fn the_knn_baseline_is_the_untrained_network_measured_at_the_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::tiny(dir.path());
+    config.swav.epochs = 1;
+    config.run.knn_every = 1;
+    config.run.knn_train_samples = 64;
+    config.run.knn_test_samples = 32;
+    let data = open_data(
+        &config.data,
+        config.swav.seed,
+        (config.run.knn_train_samples, config.run.knn_test_samples),
+    )
+    .expect("data");
+    let outcome = Trainer::new(&config, &data)
+        .run(common::resnet(&config))
+        .expect("run");
+    let baseline = outcome.summary.knn_baseline.expect("a baseline");
+    let device = Device::flex().autodiff();
+    let spec = swav_train::spec_for(&config);
+    let fresh = swav_train::seeded_init(&device, config.swav.seed, |d| {
+        spec.wrap(spec.resnet()?.init(d)?, d)
+    })
+    .expect("fresh network");
+    let again = swav_train::knn_monitor(&fresh.backbone, &config, &data, &Device::flex())
+        .expect("monitor")
+        .expect("labelled splits");
+    assert_eq!(baseline.top1, again.top1);
+    assert_eq!(baseline.top5, again.top5);
+    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).expect("jsonl");
+    let epoch: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .find(|v: &serde_json::Value| v["type"] == "epoch")
+        .expect("an epoch record");
+    assert_eq!(epoch["knn_baseline_top1"].as_f64(), Some(baseline.top1));
+}

@@ -251,9 +251,16 @@ fn report<E: TaskBackbone>(
             k.config.k, k.config.temperature, k.test_samples, k.train_samples, k.top1, k.top5
         );
         if !args.no_baseline {
-            let base = device_for(config)?;
-            let random = seeded_init(&base, config.swav.seed, build)?;
-            let r = knn_monitor(&random, config, data, &base)?.context("kNN baseline")?;
+            // Measured by the run when it started (the same network before training); measured
+            // here when the run did not (resumed from a checkpoint written before it did).
+            let r = match &sm.knn_baseline {
+                Some(r) => r.clone(),
+                None => {
+                    let base = device_for(config)?;
+                    let random = seeded_init(&base, config.swav.seed, build)?;
+                    knn_monitor(&random, config, data, &base)?.context("kNN baseline")?
+                }
+            };
             println!(
                 "kNN same backbone at random initialisation: top-1 {:.2}%, top-5 {:.2}%  (trained - random = {:+.2} points)",
                 r.top1,
