@@ -81,10 +81,7 @@ pub(crate) fn diagnose(
             .into_data()
             .try_to_vec_as::<f32>()
             .unwrap_or_default();
-        let (mn, mx) = v
-            .iter()
-            .fold((f32::MAX, f32::MIN), |(a, c), &x| (a.min(x), c.max(x)));
-        parts.push(format!("head {h}: scores in [{mn}, {mx}]"));
+        parts.push(format!("head {h}: {}", describe_values("scores", &v)));
         for c in lo.codes.get(h).into_iter().flatten() {
             let l = swapped_prediction_loss(
                 sc.clone().detach(),
@@ -97,6 +94,28 @@ pub(crate) fn diagnose(
         }
     }
     parts.join("; ")
+}
+
+/// The range of `values`, saying how many are NaN or infinite: never a sentinel of an empty
+/// fold presented as a range.
+pub(crate) fn describe_values(what: &str, values: &[f32]) -> String {
+    let finite: Vec<f32> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let nan = values.iter().filter(|x| x.is_nan()).count();
+    let inf = values.len() - finite.len() - nan;
+    let mut text = match finite.iter().copied().reduce(f32::min) {
+        Some(mn) => {
+            let mx = finite.iter().copied().fold(mn, f32::max);
+            format!("{what} in [{mn}, {mx}]")
+        }
+        None => format!("no finite {what}"),
+    };
+    if nan + inf > 0 {
+        text.push_str(&format!(
+            " ({nan} NaN and {inf} infinite of {} values)",
+            values.len()
+        ));
+    }
+    text
 }
 
 /// The collapse warning after `epoch` (1-based), if the run looks collapsed: the epoch's mean
@@ -183,6 +202,22 @@ impl NoLearningWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_ranges_name_nan_and_infinity_instead_of_sentinels() {
+        assert_eq!(
+            describe_values("scores", &[0.5, -1.0]),
+            "scores in [-1, 0.5]"
+        );
+        assert_eq!(
+            describe_values("scores", &[f32::NAN, 2.0, f32::INFINITY]),
+            "scores in [2, 2] (1 NaN and 1 infinite of 3 values)"
+        );
+        assert_eq!(
+            describe_values("scores", &[f32::NAN, f32::NAN]),
+            "no finite scores (2 NaN and 0 infinite of 2 values)"
+        );
+    }
 
     #[test]
     fn the_watch_warns_once_after_its_patience_and_resets_on_progress() {

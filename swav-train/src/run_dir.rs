@@ -255,11 +255,22 @@ impl Saver<'_> {
         drop(model.valid());
         let bad = non_finite(model);
         if !bad.is_empty() {
+            // Say what is on disk: the previous checkpoint, kept, or none at all.
+            let kept = if ckpt_file.is_file() {
+                format!(
+                    "the previous checkpoint {} was kept (not overwritten)",
+                    ckpt_file.display()
+                )
+            } else {
+                format!(
+                    "no checkpoint was written (none existed yet; {} would have been the first)",
+                    ckpt_file.display()
+                )
+            };
             return Err(TrainError::NonFinite(format!(
-                "epoch {epoch}, iteration {iteration}: the weights of {} are NaN or infinite; the checkpoint \
-                 {} was not overwritten. Lower the learning rate",
+                "epoch {epoch}, iteration {iteration}: the weights of {} are NaN or infinite; \
+                 {kept}. Lower the learning rate",
                 bad.join(", "),
-                ckpt_file.display()
             )));
         }
         let (mut arrays, steps) = optim.export()?;

@@ -441,6 +441,8 @@ impl Run<'_, '_> {
             );
         }
         let mut checked_sync = false;
+        // The iteration of the newest checkpoint in the run folder (the resumed one, at first).
+        let mut last_checkpoint = resumed_from;
         while epoch < s.epochs {
             if s.queue_active(epoch) {
                 // Each worker's queue lives on its device.
@@ -510,13 +512,23 @@ impl Run<'_, '_> {
                 let loss_value = out.loss;
                 if !loss_value.is_finite() {
                     self.observer.finished();
+                    // Name the checkpoint only if there is one, and say when it was written.
+                    let last_good = match last_checkpoint {
+                        Some(at) => format!(
+                            "The last good checkpoint is {} (iteration {at}, before this step)",
+                            ckpt_file.display()
+                        ),
+                        None => format!(
+                            "No checkpoint was written yet (one is written every {} iterations \
+                             and at each epoch's end), so nothing is kept to resume from",
+                            config.run.checkpoint_every
+                        ),
+                    };
                     return Err(TrainError::NonFinite(format!(
                         "epoch {epoch}, iteration {iteration} (batch {batch_index} of the \
-                         epoch): loss {loss_value}, lr {lr:.6}; {}. The last good checkpoint \
-                         is {} (written before this step). Usual causes: a learning rate too \
-                         high, f16 overflow, epsilon too small",
+                         epoch): loss {loss_value}, lr {lr:.6}; {}. {last_good}. Usual causes: \
+                         a learning rate too high, f16 overflow, epsilon too small",
                         out.diagnostic.unwrap_or_default(),
-                        ckpt_file.display()
                     )));
                 }
                 let frozen = iteration < s.freeze_prototypes_niters;
@@ -602,6 +614,7 @@ impl Run<'_, '_> {
                         elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
                     };
                     saver.save(&model, &optim, &queues, at, scaler)?;
+                    last_checkpoint = Some(iteration);
                 }
             }
             drop(shards);
@@ -614,6 +627,7 @@ impl Run<'_, '_> {
                 elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
             };
             saver.save(&model, &optim, &queues, at, scaler)?;
+            last_checkpoint = Some(iteration);
 
             let mean_loss = if epoch_steps > 0 {
                 epoch_loss / epoch_steps as f64

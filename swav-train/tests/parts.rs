@@ -330,3 +330,108 @@ fn the_knn_baseline_is_the_untrained_network_measured_at_the_start() {
         .expect("an epoch record");
     assert_eq!(epoch["knn_baseline_top1"].as_f64(), Some(baseline.top1));
 }
+
+/// A run that blows up says only true things: it names the checkpoint only when one exists
+/// (with the iteration it was written at), says so when none was written yet, and reports the
+/// score range without the sentinels of an empty min / max.
+#[test]
+fn a_non_finite_loss_is_reported_truthfully() {
+    for (checkpoint_every, epochs) in [(1000, 1), (2, 6)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = common::tiny(dir.path());
+        config.swav.base_lr = 1e9;
+        config.swav.final_lr = 1e9;
+        config.swav.warmup_epochs = 0;
+        config.swav.epochs = epochs;
+        config.run.checkpoint_every = checkpoint_every;
+        let data = open_data(&config.data, config.swav.seed, (0, 0)).expect("data");
+        let err = match Trainer::new(&config, &data).run(common::resnet(&config)) {
+            Err(e) => e.to_string(),
+            Ok(o) => panic!("lr 1e9 trained {} iterations", o.summary.iterations),
+        };
+        // Either the loss is not finite, or the weights were found so at a checkpoint.
+        assert!(
+            err.contains("loss NaN") || err.contains("loss inf") || err.contains("NaN or infinite"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("340282350000000000000000000000000000000"),
+            "{err}"
+        );
+        let ckpt = dir.path().join("checkpoint.bpk");
+        let says_none = err.contains("No checkpoint was written yet")
+            || err.contains("no checkpoint was written (none existed yet");
+        let says_kept =
+            err.contains("The last good checkpoint is") || err.contains("the previous checkpoint");
+        assert!(says_none != says_kept, "{err}");
+        if says_none {
+            assert!(!ckpt.exists(), "{err}");
+        } else {
+            let state = swav_models::read_checkpoint(&ckpt).expect("the named checkpoint reads");
+            assert!(
+                swav_train::checkpoint_config(&state)
+                    .expect("state")
+                    .is_some()
+            );
+        }
+    }
+}
+
+/// Views that turn to NaN from the second epoch on: the loss goes NaN after a checkpoint
+/// exists (the first epoch's end), and the message names that checkpoint and its iteration.
+struct PoisonedViews(OwnViews);
+
+impl BatchSource for PoisonedViews {
+    fn batches_per_epoch(&self) -> usize {
+        self.0.batches_per_epoch()
+    }
+
+    fn epoch(
+        &self,
+        epoch: usize,
+        start: usize,
+        rank: usize,
+    ) -> Result<Box<dyn Iterator<Item = Batch> + Send>, TrainError> {
+        let batches = self.0.epoch(epoch, start, rank)?;
+        Ok(Box::new(batches.map(move |mut b| {
+            if epoch >= 1 {
+                for g in &mut b.groups {
+                    g.data.iter_mut().for_each(|x| *x = f32::NAN);
+                }
+            }
+            b
+        })))
+    }
+}
+
+#[test]
+fn a_non_finite_loss_after_a_checkpoint_names_it_and_its_iteration() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::tiny(dir.path());
+    config.run.checkpoint_every = 1000;
+    let data = open_data(&config.data, config.swav.seed, (0, 0)).expect("data");
+    let source = PoisonedViews(OwnViews {
+        batches: 3,
+        batch: config.swav.batch_size,
+        calls: Mutex::new(Vec::new()),
+    });
+    let err = match Trainer::new(&config, &data)
+        .source(source)
+        .run(common::resnet(&config))
+    {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("NaN images trained"),
+    };
+    assert!(err.contains("loss NaN"), "{err}");
+    assert!(
+        err.contains("The last good checkpoint is")
+            && err.contains("(iteration 3, before this step)"),
+        "{err}"
+    );
+    let state = swav_models::read_checkpoint(dir.path().join("checkpoint.bpk")).expect("reads");
+    assert!(
+        swav_train::checkpoint_config(&state)
+            .expect("state")
+            .is_some()
+    );
+}
