@@ -21,7 +21,7 @@ use swav_models::{Backbone, ResNet, SwavModel, SwavModelSpec};
 use swav_tinynet::TinyNet;
 
 mod common;
-use common::{bits, tiny};
+use common::{Bypass, bits, tiny};
 use swav_train::{
     OptimConfig, Optimizer, RunOptions, TrainConfig, TrainError, WorkerGroup, normalize_heads,
     open_data, seeded_init, spec_for, train,
@@ -427,27 +427,6 @@ fn synchronised_batchnorm_steps_two_workers_as_one_with_the_whole_batch() {
         gap > 1e-4 || stem_gap > 1e-3,
         "per-worker statistics should change the step (loss {gap}, stem gradient {stem_gap})"
     );
-}
-
-/// A backbone from another crate (tinynet) whose block 1 calls burn's `BatchNorm::forward`
-/// itself instead of `swav_models::layers::batch_norm`.
-#[derive(Module, Debug)]
-struct Bypass {
-    net: TinyNet,
-}
-
-impl Backbone for Bypass {
-    fn feature_dim(&self) -> usize {
-        self.net.dim
-    }
-
-    fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
-        let b1 = &self.net.block1;
-        let x = relu(b1.bn.forward(b1.conv.forward(images)));
-        let x = self.net.block3.forward(self.net.block2.forward(x));
-        let [b, c, _, _] = x.dims();
-        self.net.pool.forward(x).reshape([b, c])
-    }
 }
 
 /// Synchronised BatchNorm reaches a backbone from another crate through the layer API: with

@@ -4,15 +4,14 @@
 
 mod common;
 
+use common::Bypass;
+
 use std::sync::Mutex;
 
-use burn::module::Module;
-use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use swav_data::{Batch, CropGroupBatch};
-use swav_models::Backbone;
 use swav_tinynet::TinyNet;
 use swav_train::{
     BatchSource, StepProgress, TrainError, TrainObserver, Trainer, open_data,
@@ -212,26 +211,6 @@ fn an_unknown_metrics_sink_is_refused_before_any_work() {
     let err = config.validate().expect_err("refused");
     assert!(err.to_string().contains("run.metrics"), "{err}");
     assert!(err.to_string().contains("wandb"), "{err}");
-}
-
-/// tinynet with block 1's BatchNorm outside the layer API.
-#[derive(Module, Debug)]
-struct Bypass {
-    net: TinyNet,
-}
-
-impl Backbone for Bypass {
-    fn feature_dim(&self) -> usize {
-        self.net.dim
-    }
-
-    fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
-        let b1 = &self.net.block1;
-        let x = relu(b1.bn.forward(b1.conv.forward(images)));
-        let x = self.net.block3.forward(self.net.block2.forward(x));
-        let [b, c, _, _] = x.dims();
-        self.net.pool.forward(x).reshape([b, c])
-    }
 }
 
 /// A two-worker run with `swav.sync_bn`: tinynet's summary says synchronised; the same network

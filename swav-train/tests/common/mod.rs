@@ -7,7 +7,10 @@ use std::path::Path;
 use burn::module::Module;
 use burn::store::ModuleSnapshot;
 use burn::tensor::Device;
-use swav_models::{ResNet, SwavModel};
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+use swav_models::{Backbone, ResNet, SwavModel};
+use swav_tinynet::TinyNet;
 use swav_train::{RunOptions, TrainConfig, TrainError, open_data, spec_for, train};
 
 /// A tiny run: narrow ResNet-18, 16 px and 8 px crops, 64 Shapes10 images in batches of 16
@@ -72,4 +75,26 @@ pub fn bits<M: ModuleSnapshot + Module>(m: &M) -> Vec<(String, Vec<u8>)> {
         .collect();
     v.sort();
     v
+}
+
+/// tinynet with block 1's BatchNorm called through burn's own `BatchNorm::forward` instead of
+/// `swav_models::layers::batch_norm`: a backbone that bypasses synchronised BatchNorm.
+#[derive(Module, Debug)]
+pub struct Bypass {
+    /// The network whose blocks 2 and 3 go through the layer API.
+    pub net: TinyNet,
+}
+
+impl Backbone for Bypass {
+    fn feature_dim(&self) -> usize {
+        self.net.dim
+    }
+
+    fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
+        let b1 = &self.net.block1;
+        let x = relu(b1.bn.forward(b1.conv.forward(images)));
+        let x = self.net.block3.forward(self.net.block2.forward(x));
+        let [b, c, _, _] = x.dims();
+        self.net.pool.forward(x).reshape([b, c])
+    }
 }
