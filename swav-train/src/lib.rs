@@ -51,7 +51,10 @@ pub use objective::{forward_loss, normalize_heads};
 pub use observer::{Silent, StepProgress, TrainObserver};
 pub use optim::{GradSource, OptimConfig, Optimizer};
 pub use parallel::{ParallelStep, WorkerGroup};
-pub use run_dir::{CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE, TrainState, checkpoint_config};
+pub use run_dir::{
+    CHECKPOINT_FILE, CONFIG_FILE, PREVIOUS_CHECKPOINT_FILE, SUMMARY_FILE, TrainState,
+    checkpoint_config,
+};
 pub use schedule::LrSchedule;
 pub use semisup::{Classifier, SemiSupConfig, SemiSupEpoch, SemiSupResult, finetune};
 pub use source::{BatchSource, MultiCropSource, group_tensor};

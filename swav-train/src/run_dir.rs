@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use swav_core::{EmbeddingQueue, QueueState};
 use swav_models::{
-    SPEC_KEY, StateArray, SwavModel, SwavModelSpec, read_checkpoint, write_checkpoint,
+    Checkpoint, SPEC_KEY, StateArray, SwavModel, SwavModelSpec, read_checkpoint, write_checkpoint,
 };
 
 use crate::TrainError;
@@ -20,6 +20,9 @@ use crate::optim::Optimizer;
 
 /// File names inside a run folder.
 pub const CHECKPOINT_FILE: &str = "checkpoint.bpk";
+/// The checkpoint before the newest, kept so that a newest one that does not read (a machine
+/// that died mid-write, a copy cut short) still leaves one to resume from.
+pub const PREVIOUS_CHECKPOINT_FILE: &str = "checkpoint.prev.bpk";
 /// The resolved configuration of the run.
 pub const CONFIG_FILE: &str = "config.toml";
 /// The final summary.
@@ -79,15 +82,6 @@ fn queue_array_name(rank: usize) -> String {
     }
 }
 
-/// The checkpoint file of `p`: `p` itself, or the checkpoint inside the run folder `p`.
-pub(crate) fn checkpoint_path(p: &Path) -> PathBuf {
-    if p.is_dir() {
-        p.join(CHECKPOINT_FILE)
-    } else {
-        p.to_path_buf()
-    }
-}
-
 /// Describes what differs between two configs' sections, field by field.
 fn differences(a: &impl Serialize, b: &impl Serialize) -> Vec<String> {
     let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
@@ -123,12 +117,58 @@ pub(crate) struct Resumed {
     pub loss_scaler: Option<crate::LossScaler>,
 }
 
-/// Reads the checkpoint at `path` into `model`, `optim` and `queues` (one per worker, each on
+/// The checkpoint to resume from: `requested` (a file, or a run folder), else the run folder's
+/// own when `auto` is set. In a run folder, the newest checkpoint that reads: when the newest
+/// does not (or is missing) and the one before it does, that one, with a message saying so.
+/// An error names every file tried and why it failed.
+pub(crate) fn choose_checkpoint(
+    requested: Option<&Path>,
+    run_dir: &Path,
+    auto: bool,
+) -> Result<Option<(Checkpoint, Option<String>)>, TrainError> {
+    let (dir, newest) = match requested {
+        Some(p) if !p.is_dir() => return Ok(Some((read_checkpoint(p)?, None))),
+        Some(p) => (p.to_path_buf(), p.join(CHECKPOINT_FILE)),
+        None if auto => (run_dir.to_path_buf(), run_dir.join(CHECKPOINT_FILE)),
+        None => return Ok(None),
+    };
+    let previous = dir.join(PREVIOUS_CHECKPOINT_FILE);
+    if !newest.is_file() && !previous.is_file() {
+        return match requested {
+            Some(_) => Err(TrainError::Checkpoint(format!(
+                "{}: no checkpoint in this folder",
+                dir.display()
+            ))),
+            None => Ok(None),
+        };
+    }
+    let newest_error = match read_checkpoint(&newest) {
+        Ok(c) => return Ok(Some((c, None))),
+        Err(e) if newest.is_file() => e.to_string(),
+        Err(_) => format!("{} is missing", newest.display()),
+    };
+    match read_checkpoint(&previous) {
+        Ok(c) => {
+            let note = format!(
+                "the newest checkpoint could not be used ({newest_error}); resumed from the one \
+                 before it, {}",
+                previous.display()
+            );
+            Ok(Some((c, Some(note))))
+        }
+        Err(e) => Err(TrainError::Checkpoint(format!(
+            "no checkpoint in {} reads: {newest_error}; {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Reads the checkpoint `ckpt` into `model`, `optim` and `queues` (one per worker, each on
 /// its worker's device `bases[rank]`), after checking that it was written by a run of the same
 /// `[swav]` and `[data]` configuration over the same number of iterations per epoch.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn resume<E: swav_models::TaskBackbone>(
-    path: &Path,
+    ckpt: &Checkpoint,
     config: &TrainConfig,
     iters_per_epoch: usize,
     model: SwavModel<E>,
@@ -138,7 +178,7 @@ pub(crate) fn resume<E: swav_models::TaskBackbone>(
 ) -> Result<(SwavModel<E>, Resumed), TrainError> {
     let world = bases.len();
     let base = &bases[0];
-    let ckpt = read_checkpoint(path)?;
+    let path = ckpt.path();
     let state: TrainState = ckpt
         .metadata
         .get(STATE_KEY)
@@ -250,6 +290,7 @@ impl Saver<'_> {
             iteration,
             elapsed_s: elapsed,
         } = at;
+        let previous = ckpt_file.with_file_name(PREVIOUS_CHECKPOINT_FILE);
         // BatchNorm running statistics hold their latest update aside until synchronised;
         // `valid` synchronises them in place (the state is shared), so the file has it.
         drop(model.valid());
@@ -311,6 +352,11 @@ impl Saver<'_> {
             SPEC_KEY.to_string(),
             serde_json::to_string(&spec).map_err(|e| TrainError::Checkpoint(e.to_string()))?,
         );
+        // The newest becomes the previous one, then the new one is written (atomically): at
+        // any moment at least one complete checkpoint is on disk.
+        if ckpt_file.is_file() {
+            std::fs::rename(ckpt_file, &previous).map_err(|e| TrainError::io(&previous, e))?;
+        }
         write_checkpoint(ckpt_file, model, arrays, &meta)?;
         Ok(())
     }

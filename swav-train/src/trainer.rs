@@ -24,9 +24,7 @@ use crate::objective::normalize_heads;
 use crate::observer::{Silent, StepProgress, TrainObserver};
 use crate::optim::{OptimConfig, Optimizer};
 use crate::parallel::WorkerGroup;
-use crate::run_dir::{
-    CHECKPOINT_FILE, CONFIG_FILE, Position, SUMMARY_FILE, Saver, checkpoint_path,
-};
+use crate::run_dir::{CHECKPOINT_FILE, CONFIG_FILE, Position, SUMMARY_FILE, Saver};
 use crate::schedule::LrSchedule;
 use crate::source::{BatchSource, MultiCropSource};
 
@@ -318,16 +316,18 @@ impl Run<'_, '_> {
             (0usize, 0usize, 0usize, 0f64);
 
         let ckpt_file = out_dir.join(CHECKPOINT_FILE);
-        let resume = match &self.options.resume_from {
-            Some(p) => Some(checkpoint_path(p)),
-            None if config.run.auto_resume && ckpt_file.is_file() => Some(ckpt_file.clone()),
-            None => None,
-        };
+        let resume = crate::run_dir::choose_checkpoint(
+            self.options.resume_from.as_deref(),
+            &out_dir,
+            config.run.auto_resume,
+        )?;
         let mut resumed_from = None;
         let mut resumed_scaler = None;
-        if let Some(path) = &resume {
+        let mut fallback = None;
+        if let Some((ckpt, note)) = &resume {
+            fallback = note.clone();
             let (m, r) = crate::run_dir::resume(
-                path,
+                ckpt,
                 config,
                 iters_per_epoch,
                 model,
@@ -406,6 +406,9 @@ impl Run<'_, '_> {
         let mut watch = knn_baseline
             .as_ref()
             .map(|b| crate::diagnostics::NoLearningWatch::new(b.top1, config.run.knn_patience));
+        if let Some(note) = fallback {
+            self.warn(&mut summary, note);
+        }
         let total_iters = schedule.len();
         self.observer.started(total_iters, iteration);
         let started = Instant::now();

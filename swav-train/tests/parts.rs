@@ -414,3 +414,42 @@ fn a_non_finite_loss_after_a_checkpoint_names_it_and_its_iteration() {
             .is_some()
     );
 }
+
+/// The last two checkpoints are kept. A newest one that does not read (a copy cut short) is
+/// passed over for the one before it, the run says so, and it still ends bit-identical to a
+/// run that was never interrupted.
+#[test]
+fn a_truncated_newest_checkpoint_falls_back_to_the_one_before() {
+    let whole_dir = tempfile::tempdir().expect("temp dir");
+    let (whole, _) = common::run(&common::tiny(whole_dir.path()), None);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = common::tiny(dir.path());
+    // Checkpoints at iterations 3 (mid-epoch), 4 (epoch end) and 6; stopped after 7.
+    let (_, stopped) = common::run(&config, Some(7));
+    assert_eq!(stopped.iterations, 7);
+    let newest = dir.path().join(swav_train::CHECKPOINT_FILE);
+    let previous = dir.path().join(swav_train::PREVIOUS_CHECKPOINT_FILE);
+    let iteration_of = |p: &std::path::Path| {
+        let c = swav_models::read_checkpoint(p).expect("reads");
+        let state: serde_json::Value =
+            serde_json::from_str(&c.metadata["swav.train_state"]).expect("state");
+        state["iteration"].as_u64().expect("iteration")
+    };
+    assert_eq!(iteration_of(&newest), 6);
+    assert_eq!(iteration_of(&previous), 4);
+    let bytes = std::fs::read(&newest).expect("bytes");
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).expect("truncate");
+
+    let (resumed, summary) = common::run(&config, None);
+    assert_eq!(summary.resumed_from_iteration, Some(4));
+    assert!(
+        summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("resumed from the one before it")),
+        "{:?}",
+        summary.warnings
+    );
+    assert_eq!(common::bits(&resumed), common::bits(&whole));
+}
