@@ -265,17 +265,8 @@ impl TrainConfig {
                 }
             }
         }
-        if let Some(bad_sink) = self
-            .run
-            .metrics
-            .iter()
-            .find(|m| !crate::metrics::SINK_NAMES.contains(&m.as_str()))
-        {
-            return Err(TrainError::ConfigFile(format!(
-                "invalid config: `run.metrics` entry `{bad_sink}` must be one of {}",
-                crate::metrics::SINK_NAMES.join(", ")
-            )));
-        }
+        // The sinks' own list decides which names are known (one place for them).
+        crate::metrics::sinks_named(&self.run.metrics)?;
         if self.run.log_every == 0 {
             return bad("run.log_every", "must be at least 1");
         }

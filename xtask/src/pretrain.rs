@@ -7,8 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use swav_models::{BackboneRegistry, BuildBackbone, ModelTask, SwavModelSpec, TaskBackbone};
 use swav_train::{
-    DataKind, RunData, RunOptions, RunSummary, TrainConfig, Trainer, device_for, knn_monitor,
-    open_data, seeded_init, spec_for,
+    DataKind, RunData, RunOptions, RunSummary, TrainConfig, Trainer, open_data, spec_for,
 };
 
 /// Options of `cargo xtask pretrain`.
@@ -196,18 +195,12 @@ impl ModelTask for PretrainTask<'_> {
             .observer(&mut progress)
             .backbone_config(spec.backbone.clone())
             .run(|d| Ok(build(d)?))?;
-        report(args, config, data, &outcome.summary, build)
+        report(args, config, &outcome.summary)
     }
 }
 
 /// Prints the run's summary, then the kNN of the same backbone at random initialisation.
-fn report<E: TaskBackbone>(
-    args: &PretrainArgs,
-    config: &TrainConfig,
-    data: &RunData,
-    sm: &RunSummary,
-    build: &BuildBackbone<E>,
-) -> Result<()> {
+fn report(args: &PretrainArgs, config: &TrainConfig, sm: &RunSummary) -> Result<()> {
     println!();
     println!("== summary");
     if let Some(it) = sm.resumed_from_iteration {
@@ -251,16 +244,12 @@ fn report<E: TaskBackbone>(
             k.config.k, k.config.temperature, k.test_samples, k.train_samples, k.top1, k.top5
         );
         if !args.no_baseline {
-            // Measured by the run when it started (the same network before training); measured
-            // here when the run did not (resumed from a checkpoint written before it did).
-            let r = match &sm.knn_baseline {
-                Some(r) => r.clone(),
-                None => {
-                    let base = device_for(config)?;
-                    let random = seeded_init(&base, config.swav.seed, build)?;
-                    knn_monitor(&random, config, data, &base)?.context("kNN baseline")?
-                }
-            };
+            // Measured by the run when it started (the same network before training): whenever
+            // the monitor ran, so did the baseline.
+            let r = sm
+                .knn_baseline
+                .clone()
+                .context("the run measured no kNN baseline")?;
             println!(
                 "kNN same backbone at random initialisation: top-1 {:.2}%, top-5 {:.2}%  (trained - random = {:+.2} points)",
                 r.top1,
