@@ -4,7 +4,7 @@
 //! would compute. Synchronised BatchNorm reduces its per-channel sums through it.
 //!
 //! The group is a parameter ([`StatsReduce`]): any transport that sums host vectors over the
-//! workers. Backends: flex, and the wgpu (cubecl) backend with the `wgpu` feature; the reduced
+//! workers. Backends: flex, and the cubecl backends with the `wgpu` or `cuda` feature; the reduced
 //! values travel through the host in f64.
 
 use std::fmt::Debug;
@@ -34,7 +34,7 @@ pub trait StatsReduce: Send + Sync + Debug {
 pub type SharedStatsReduce = Arc<dyn StatsReduce>;
 
 /// The collective sum as a differentiable tensor operation.
-#[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Autodiff)]
+#[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
 pub trait AllReduceBackend: Backend {
     /// The element-wise sum of `tensor` over the workers of `group`; its gradient is the sum of
     /// the workers' gradients.
@@ -63,7 +63,7 @@ impl AllReduceBackend for Flex {
     }
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl AllReduceBackend for burn::backend::Cube {
     fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self> {
         host_all_reduce::<Self>(tensor, group.as_ref())

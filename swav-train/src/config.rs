@@ -75,12 +75,13 @@ impl Default for DataConfig {
 pub struct RunConfig {
     /// The run folder (config, checkpoint, metrics, plots, summary).
     pub out_dir: PathBuf,
-    /// `cpu` (burn's flex backend), or a GPU through burn's wgpu backend (the `wgpu` feature):
+    /// `cpu` (burn's flex backend); a GPU through burn's wgpu backend (the `wgpu` feature):
     /// `wgpu` / `gpu` (the default adapter; SPIR-V kernels on Vulkan, WGSL elsewhere), `wgpu:N`
-    /// (the N-th discrete GPU), `vulkan` / `vulkan:N` (pinned to Vulkan).
+    /// (the N-th discrete GPU), `vulkan` / `vulkan:N` (pinned to Vulkan); or an NVIDIA GPU
+    /// through burn's CUDA backend (the `cuda` feature): `cuda` / `cuda:N`.
     pub device: String,
     /// The device of each data-parallel worker, by rank, when they differ (empty: every worker
-    /// on `device`). One entry per worker (`swav.world_size`): `cpu`, `wgpu`, `wgpu:N`, or
+    /// on `device`). One entry per worker (`swav.world_size`): `cpu`, a GPU name as for `device`, or
     /// `ws://host:port`, a machine serving its CPU through burn's remote backend (needs the
     /// `remote` feature; start the server there with `swav-remote-server`).
     pub devices: Vec<String>,
@@ -241,10 +242,7 @@ impl TrainConfig {
         }
         let known = |d: &str| d == "cpu" || matches!(gpu_name(d), Ok(Some(_)));
         if !known(&self.run.device) {
-            return bad(
-                "run.device",
-                "must be `cpu`, `wgpu` (or `gpu`), `wgpu:N`, `vulkan` or `vulkan:N`",
-            );
+            return bad("run.device", &format!("must be `cpu`, {GPU_NAMES}"));
         }
         if !self.run.devices.is_empty() {
             if self.run.devices.len() != self.swav.world_size {
@@ -259,8 +257,8 @@ impl TrainConfig {
                 let remote = d.strip_prefix("ws://").is_some_and(|a| !a.is_empty());
                 if !(known(d) || remote) {
                     return Err(TrainError::ConfigFile(format!(
-                        "invalid config: `run.devices` entry `{d}` must be `cpu`, `wgpu`, \
-                         `wgpu:N`, `vulkan`, `vulkan:N` or `ws://host:port`"
+                        "invalid config: `run.devices` entry `{d}` must be `cpu`, {GPU_NAMES} \
+                         or `ws://host:port`"
                     )));
                 }
             }
@@ -362,24 +360,52 @@ fn optional_field(section: &str, key: &str) -> bool {
     (section == "data" && key == "path") || (section == "run" && key == "kernel_cache")
 }
 
-/// A GPU device name split into its API (`wgpu`, or `vulkan` pinned) and index (`None`: the
-/// default adapter): `wgpu`, `gpu`, `wgpu:N`, `vulkan`, `vulkan:N`. `None` for other names;
-/// an error for a malformed index.
-pub(crate) fn gpu_name(name: &str) -> Result<Option<(bool, Option<usize>)>, String> {
+/// The GPU API a device name selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GpuApi {
+    /// burn's wgpu backend on the platform's API (Vulkan with SPIR-V kernels where the adapter
+    /// supports it, WGSL elsewhere).
+    Wgpu,
+    /// burn's wgpu backend pinned to Vulkan.
+    Vulkan,
+    /// burn's CUDA backend.
+    Cuda,
+}
+
+impl GpuApi {
+    /// The name's prefix in a config (`wgpu`, `vulkan`, `cuda`).
+    pub(crate) fn prefix(self) -> &'static str {
+        match self {
+            GpuApi::Wgpu => "wgpu",
+            GpuApi::Vulkan => "vulkan",
+            GpuApi::Cuda => "cuda",
+        }
+    }
+}
+
+/// The GPU device names a config accepts, for messages.
+pub(crate) const GPU_NAMES: &str =
+    "`wgpu` (or `gpu`), `wgpu:N`, `vulkan`, `vulkan:N`, `cuda`, `cuda:N`";
+
+/// A GPU device name split into its API and index (`None`: the default device): `wgpu`, `gpu`,
+/// `wgpu:N`, `vulkan`, `vulkan:N`, `cuda`, `cuda:N`. `None` for other names; an error for a
+/// malformed index.
+pub(crate) fn gpu_name(name: &str) -> Result<Option<(GpuApi, Option<usize>)>, String> {
     let (api, index) = match name.split_once(':') {
         Some((api, index)) => (api, Some(index)),
         None => (name, None),
     };
-    let vulkan = match api {
-        "wgpu" | "gpu" => false,
-        "vulkan" => true,
+    let gpu = match api {
+        "wgpu" | "gpu" => GpuApi::Wgpu,
+        "vulkan" => GpuApi::Vulkan,
+        "cuda" => GpuApi::Cuda,
         _ => return Ok(None),
     };
     match index {
-        None => Ok(Some((vulkan, None))),
+        None => Ok(Some((gpu, None))),
         Some(i) => i
             .parse::<usize>()
-            .map(|i| Some((vulkan, Some(i))))
+            .map(|i| Some((gpu, Some(i))))
             .map_err(|_| format!("the GPU index after `{api}:` must be a number, not `{i}`")),
     }
 }

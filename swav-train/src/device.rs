@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::TrainError;
-use crate::config::{TrainConfig, gpu_name};
+use crate::config::{GpuApi, TrainConfig, gpu_name};
 
 /// Serialises "seed the device, then draw initial weights": burn's generator belongs to the
 /// device, so two runs initialising at once in one process (tests, a sweep) would otherwise
@@ -43,29 +43,28 @@ pub fn device_for(config: &TrainConfig) -> Result<Device, TrainError> {
 /// The device a name in the config designates: `cpu`; with the `wgpu` feature `wgpu` / `gpu`
 /// (the default adapter, on the platform's API: Vulkan with SPIR-V kernels on Linux and
 /// Windows where the adapter supports it, WGSL otherwise), `wgpu:N` (the N-th discrete GPU),
-/// `vulkan` / `vulkan:N` (pinned to Vulkan); or `ws://host:port` (a remote server, connected
-/// here).
+/// `vulkan` / `vulkan:N` (pinned to Vulkan); with the `cuda` feature `cuda` / `cuda:N` (burn's
+/// CUDA backend, GPU N); or `ws://host:port` (a remote server, connected here).
 pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
     let gpu = gpu_name(name).map_err(|e| TrainError::ConfigFile(format!("{field}: {e}")))?;
-    #[cfg(not(feature = "wgpu"))]
-    let _ = gpu;
-    match name {
-        "cpu" => Ok(Device::flex()),
+    match (name, gpu) {
+        ("cpu", _) => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        _ if gpu.is_some() => {
+        (_, Some((api @ (GpuApi::Wgpu | GpuApi::Vulkan), index))) => {
             use burn::tensor::DeviceKind;
-            let Some((vulkan, index)) = gpu else {
-                unreachable!("checked by the guard")
-            };
             let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
-            Ok(if vulkan {
+            Ok(if api == GpuApi::Vulkan {
                 Device::vulkan(kind)
             } else {
                 Device::wgpu(kind)
             })
         }
+        #[cfg(feature = "cuda")]
+        (_, Some((GpuApi::Cuda, index))) => Ok(Device::cuda(
+            index.map_or(burn::tensor::DeviceIndex::Default, Into::into),
+        )),
         #[cfg(feature = "remote")]
-        other if other.starts_with("ws://") => {
+        (other, _) if other.starts_with("ws://") => {
             let host = burn::tensor::remote::RemoteHost::websocket(other);
             Device::remote_options(&host).init().map_err(|e| {
                 TrainError::ConfigFile(format!(
@@ -74,27 +73,42 @@ pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
                 ))
             })
         }
-        other => Err(TrainError::ConfigFile(format!(
+        (other, gpu) => Err(TrainError::ConfigFile(format!(
             "{field} = `{other}` is not built into this binary ({})",
-            match (cfg!(feature = "wgpu"), cfg!(feature = "remote")) {
-                (true, true) => "choose cpu, wgpu, wgpu:N, vulkan, vulkan:N or ws://host:port",
-                (true, false) =>
-                    "choose cpu, wgpu, wgpu:N, vulkan or vulkan:N; rebuild with `--features \
-                     remote` for ws://",
-                (false, true) =>
-                    "choose cpu or ws://host:port; rebuild with `--features wgpu` for GPUs",
-                (false, false) =>
-                    "choose cpu, or rebuild with `--features wgpu` for GPUs through wgpu \
-                                   (`--features remote` for ws:// servers)",
-            }
+            not_built_hint(gpu.map(|(api, _)| api))
         ))),
     }
 }
 
+/// What to choose or rebuild with when a device name is not built in.
+fn not_built_hint(wanted: Option<GpuApi>) -> String {
+    let mut built = vec!["cpu"];
+    if cfg!(feature = "wgpu") {
+        built.extend(["wgpu", "wgpu:N", "vulkan", "vulkan:N"]);
+    }
+    if cfg!(feature = "cuda") {
+        built.extend(["cuda", "cuda:N"]);
+    }
+    if cfg!(feature = "remote") {
+        built.push("ws://host:port");
+    }
+    let rebuild = match wanted {
+        Some(GpuApi::Cuda) => "rebuild with `--features cuda` for NVIDIA GPUs through CUDA",
+        Some(GpuApi::Wgpu | GpuApi::Vulkan) => {
+            "rebuild with `--features wgpu` for GPUs through wgpu"
+        }
+        None => {
+            "rebuild with `--features wgpu` or `--features cuda` for GPUs, `--features remote` \
+             for ws:// servers"
+        }
+    };
+    format!("choose {}, or {rebuild}", built.join(", "))
+}
+
 /// The devices of a run's workers, by rank: `swav.world_size` of them. `run.devices` names
 /// them when given. Otherwise, on the CPU every worker uses the one `flex` device (burn's CPU
-/// device has no index; the workers are threads); with `wgpu`, worker r uses GPU r (`wgpu:N`:
-/// GPUs N, N + 1, ...).
+/// device has no index; the workers are threads); on a GPU, worker r uses GPU r of the same API
+/// (`wgpu:N`, `cuda:N`: GPUs N, N + 1, ...).
 pub fn devices_for(config: &TrainConfig) -> Result<Vec<Device>, TrainError> {
     if !config.run.devices.is_empty() {
         return config
@@ -107,21 +121,15 @@ pub fn devices_for(config: &TrainConfig) -> Result<Vec<Device>, TrainError> {
     }
     let first = device_for(config)?;
     let n = config.swav.world_size.max(1);
-    if n == 1 || config.run.device == "cpu" {
-        return Ok(vec![first; n]);
+    match gpu_name(&config.run.device) {
+        Ok(Some((api, start))) if n > 1 => {
+            let start = start.unwrap_or(0);
+            (start..start + n)
+                .map(|i| device_named(&format!("{}:{i}", api.prefix()), "run.device"))
+                .collect()
+        }
+        _ => Ok(vec![first; n]),
     }
-    #[cfg(feature = "wgpu")]
-    {
-        let (api, start) = match gpu_name(&config.run.device) {
-            Ok(Some((vulkan, index))) => (if vulkan { "vulkan" } else { "wgpu" }, index),
-            _ => ("wgpu", None),
-        };
-        (start.unwrap_or(0)..start.unwrap_or(0) + n)
-            .map(|i| device_named(&format!("{api}:{i}"), "run.device"))
-            .collect()
-    }
-    #[cfg(not(feature = "wgpu"))]
-    Ok(vec![first; n])
 }
 
 /// Where GPU kernels and autotune results persist between runs: `run.kernel_cache` when set,
@@ -162,7 +170,7 @@ pub fn configure_kernel_cache(
     if !uses_gpu(config) || std::env::var_os("SWAV_KERNEL_CACHE").is_some_and(|v| v == "off") {
         return Ok(None);
     }
-    #[cfg(feature = "wgpu")]
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
     {
         use burn::cubecl::config::cache::CacheConfig;
         use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
@@ -172,7 +180,7 @@ pub fn configure_kernel_cache(
         runtime.environment.path = CacheConfig::Directory(dir.clone());
         Ok(CubeClRuntimeConfig::try_set(runtime).then_some(dir))
     }
-    #[cfg(not(feature = "wgpu"))]
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     {
         let _ = config;
         Ok(None)

@@ -14,6 +14,8 @@
 //! - [`MetricsSink`]: where metrics go (`metrics.jsonl` always; PNG plots, CSV and TensorBoard
 //!   event files as `[run] metrics` chooses).
 //! - [`TrainObserver`]: progress for the caller to show (the library prints nothing).
+//! - [`StopRequest`]: a clean stop from outside (preemption): the step in progress finishes, a
+//!   checkpoint is written and the summary says where the run stopped.
 //! - [`Trainer`] puts them together; [`train`] runs it with the default parts.
 
 mod adapters;
@@ -32,6 +34,7 @@ mod run_dir;
 mod schedule;
 mod semisup;
 mod source;
+mod stop;
 pub mod tensorboard;
 mod trainer;
 
@@ -58,5 +61,6 @@ pub use run_dir::{
 pub use schedule::LrSchedule;
 pub use semisup::{Classifier, SemiSupConfig, SemiSupEpoch, SemiSupResult, finetune};
 pub use source::{BatchSource, MultiCropSource, group_tensor};
+pub use stop::{Preempted, StopRequest};
 pub use swav_eval::plot::line_chart;
 pub use trainer::{RunOptions, RunSummary, TrainOutcome, Trainer, train};

@@ -27,6 +27,7 @@ use crate::parallel::WorkerGroup;
 use crate::run_dir::{CHECKPOINT_FILE, CONFIG_FILE, Position, SUMMARY_FILE, Saver};
 use crate::schedule::LrSchedule;
 use crate::source::{BatchSource, MultiCropSource};
+use crate::stop::{Preempted, StopRequest};
 
 /// How a run is started, beyond its configuration.
 #[derive(Debug, Clone, Default)]
@@ -36,13 +37,21 @@ pub struct RunOptions {
     /// Stop after this many iterations of this process without writing anything more, as a
     /// kill would (for tests of resume).
     pub stop_after: Option<usize>,
+    /// Stop cleanly when this is requested (a preemption signal): the step in progress is
+    /// finished, a checkpoint is written, the summary (`preempted`) says where, and the run
+    /// returns normally with `completed` false.
+    pub stop: Option<StopRequest>,
 }
 
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
-    /// Whether all epochs were trained (false when stopped early by [`RunOptions::stop_after`]).
+    /// Whether all epochs were trained (false when stopped early by [`RunOptions::stop_after`]
+    /// or [`RunOptions::stop`]).
     pub completed: bool,
+    /// Where the run stopped on a [`RunOptions::stop`] request, and its checkpoint.
+    #[serde(default)]
+    pub preempted: Option<Preempted>,
     /// Epochs configured.
     pub epochs: usize,
     /// Iterations done in all.
@@ -115,6 +124,11 @@ pub struct Trainer<'a> {
     observer: Option<&'a mut dyn TrainObserver>,
     sinks: Option<Vec<Box<dyn MetricsSink + 'a>>>,
     backbone_config: serde_json::Value,
+}
+
+/// Whether a stop was requested.
+fn stop_requested(stop: &Option<StopRequest>) -> bool {
+    stop.as_ref().is_some_and(StopRequest::is_requested)
 }
 
 /// Trains SwAV as `config` says, on `data`, with the backbone `build` makes (any
@@ -260,6 +274,58 @@ impl Run<'_, '_> {
         Ok(())
     }
 
+    /// The summary's closing figures, the sinks closed and `summary.json` written: at the end of
+    /// the run, or where a stop request ended it. `timing`: seconds since this process started
+    /// training, step and data seconds, images per iteration.
+    fn finish(
+        &mut self,
+        summary: &mut RunSummary,
+        iteration: usize,
+        timing: (f64, f64, f64, usize),
+    ) -> Result<(), TrainError> {
+        let (elapsed, step_time, data_time, global_batch) = timing;
+        self.close_sinks(summary)?;
+        summary.iterations = iteration;
+        summary.time_s = elapsed;
+        summary.images_per_s = summary.iterations_this_session as f64 * global_batch as f64
+            / (step_time + data_time).max(1e-9);
+        summary.data_time_fraction = data_time / (data_time + step_time).max(1e-9);
+        // A bad file is met again every epoch: list each file once, with the epochs it was met in.
+        let mut by_file: BTreeMap<String, (String, Vec<u64>)> = BTreeMap::new();
+        for s in self.source.skipped() {
+            by_file
+                .entry(s.source)
+                .or_insert_with(|| (s.reason, Vec::new()))
+                .1
+                .push(s.epoch);
+        }
+        summary.skipped_files = by_file
+            .into_iter()
+            .map(|(file, (reason, epochs))| format!("{file} (epochs {epochs:?}): {reason}"))
+            .collect();
+        let sp = summary.out_dir.join(SUMMARY_FILE);
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::io(&sp, e))?;
+        std::fs::write(&sp, text).map_err(|e| TrainError::io(&sp, e))?;
+        Ok(())
+    }
+
+    /// Ends the run on a stop request, after its checkpoint at `iteration` (continuing in
+    /// `epoch`) was written.
+    fn preempted(
+        &mut self,
+        summary: &mut RunSummary,
+        (iteration, epoch): (usize, usize),
+        timing: (f64, f64, f64, usize),
+    ) -> Result<(), TrainError> {
+        self.observer.finished();
+        summary.preempted = Some(Preempted {
+            iteration,
+            epoch,
+            checkpoint: summary.checkpoint.clone(),
+        });
+        self.finish(summary, iteration, timing)
+    }
+
     fn go<E, F>(mut self, build: F) -> Result<TrainOutcome<E>, TrainError>
     where
         E: swav_models::TaskBackbone,
@@ -363,6 +429,7 @@ impl Run<'_, '_> {
         let collapse_loss = (s.nmb_prototypes[0] as f64).ln();
         let mut summary = RunSummary {
             completed: false,
+            preempted: None,
             epochs: s.epochs,
             iterations: iteration,
             iterations_this_session: 0,
@@ -606,6 +673,27 @@ impl Run<'_, '_> {
                     summary.time_s = started.elapsed().as_secs_f64();
                     return Ok(TrainOutcome { model, summary });
                 }
+                if stop_requested(&self.options.stop) && batch_index + 1 < iters_per_epoch {
+                    // Mid-epoch: the checkpoint continues at the next batch. (After an epoch's
+                    // last batch the epoch's end is written first, below.)
+                    let at = Position {
+                        epoch,
+                        next_batch: batch_index + 1,
+                        iteration,
+                        elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
+                    };
+                    saver.save(&model, &optim, &queues, at, scaler)?;
+                    drop(shards);
+                    let timing = (
+                        started.elapsed().as_secs_f64(),
+                        step_time,
+                        data_time,
+                        global_batch,
+                    );
+                    self.preempted(&mut summary, (iteration, epoch), timing)?;
+                    drop(model.valid());
+                    return Ok(TrainOutcome { model, summary });
+                }
                 if config.run.checkpoint_every > 0
                     && iteration % config.run.checkpoint_every == 0
                     && batch_index + 1 < iters_per_epoch
@@ -683,32 +771,29 @@ impl Run<'_, '_> {
             }
             self.observer
                 .epoch(epoch, s.epochs, mean_loss, knn.as_ref().map(|k| k.top1));
+            if stop_requested(&self.options.stop) && epoch < s.epochs {
+                // The epoch's end is checkpointed (above): stop there.
+                let timing = (
+                    started.elapsed().as_secs_f64(),
+                    step_time,
+                    data_time,
+                    global_batch,
+                );
+                self.preempted(&mut summary, (iteration, epoch), timing)?;
+                drop(model.valid());
+                return Ok(TrainOutcome { model, summary });
+            }
         }
         self.observer.finished();
-        self.close_sinks(&mut summary)?;
-        drop(model.valid());
         summary.completed = true;
-        summary.iterations = iteration;
-        summary.time_s = started.elapsed().as_secs_f64();
-        summary.images_per_s = summary.iterations_this_session as f64 * global_batch as f64
-            / (step_time + data_time).max(1e-9);
-        summary.data_time_fraction = data_time / (data_time + step_time).max(1e-9);
-        // A bad file is met again every epoch: list each file once, with the epochs it was met in.
-        let mut by_file: BTreeMap<String, (String, Vec<u64>)> = BTreeMap::new();
-        for s in self.source.skipped() {
-            by_file
-                .entry(s.source)
-                .or_insert_with(|| (s.reason, Vec::new()))
-                .1
-                .push(s.epoch);
-        }
-        summary.skipped_files = by_file
-            .into_iter()
-            .map(|(file, (reason, epochs))| format!("{file} (epochs {epochs:?}): {reason}"))
-            .collect();
-        let sp = out_dir.join(SUMMARY_FILE);
-        let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::io(&sp, e))?;
-        std::fs::write(&sp, text).map_err(|e| TrainError::io(&sp, e))?;
+        let timing = (
+            started.elapsed().as_secs_f64(),
+            step_time,
+            data_time,
+            global_batch,
+        );
+        self.finish(&mut summary, iteration, timing)?;
+        drop(model.valid());
         Ok(TrainOutcome { model, summary })
     }
 }

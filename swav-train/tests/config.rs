@@ -180,12 +180,14 @@ fn the_saved_config_reads_back_equal() {
 /// index or an unknown API is refused by name; a CPU build says it has no GPU.
 #[test]
 fn gpu_device_names_are_checked_and_a_cpu_build_says_so() {
-    for good in ["cpu", "wgpu", "gpu", "wgpu:1", "vulkan", "vulkan:0"] {
+    for good in [
+        "cpu", "wgpu", "gpu", "wgpu:1", "vulkan", "vulkan:0", "cuda", "cuda:1",
+    ] {
         let c = TrainConfig::from_toml("", &[format!("run.device=\"{good}\"")]).expect("parsed");
         c.validate()
             .unwrap_or_else(|e| panic!("{good} refused: {e}"));
     }
-    for bad in ["cuda", "wgpu:x", "vulkan:-1", "metal"] {
+    for bad in ["rocm", "wgpu:x", "vulkan:-1", "cuda:one", "metal"] {
         let c = TrainConfig::from_toml("", &[format!("run.device=\"{bad}\"")]).expect("parsed");
         let err = c.validate().expect_err(bad).to_string();
         assert!(err.contains("run.device"), "{bad}: {err}");
@@ -195,6 +197,14 @@ fn gpu_device_names_are_checked_and_a_cpu_build_says_so() {
             .expect_err("no GPU in this build")
             .to_string();
         assert!(err.contains("not built into this binary"), "{err}");
+        assert!(err.contains("--features wgpu"), "{err}");
+    }
+    if !cfg!(feature = "cuda") {
+        let err = swav_train::device_named("cuda:0", "run.device")
+            .expect_err("no CUDA in this build")
+            .to_string();
+        assert!(err.contains("not built into this binary"), "{err}");
+        assert!(err.contains("--features cuda"), "{err}");
     }
 }
 

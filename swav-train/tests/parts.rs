@@ -227,8 +227,8 @@ fn the_run_summary_says_which_batchnorms_are_synchronised() {
 
     let outcome = Trainer::new(&config, &data)
         .options(swav_train::RunOptions {
-            resume_from: None,
             stop_after: Some(1),
+            ..swav_train::RunOptions::default()
         })
         .run(|d: &Device| -> Result<TinyNet, TrainError> { Ok(TinyNet::new(4, d)) })
         .expect("tinynet run");
@@ -243,8 +243,8 @@ fn the_run_summary_says_which_batchnorms_are_synchronised() {
     config.run.out_dir = dir2.path().to_path_buf();
     let outcome = Trainer::new(&config, &data)
         .options(swav_train::RunOptions {
-            resume_from: None,
             stop_after: Some(1),
+            ..swav_train::RunOptions::default()
         })
         .run(|d: &Device| -> Result<Bypass, TrainError> {
             Ok(Bypass {

@@ -1,4 +1,5 @@
-//! The training run end to end on tiny settings: exact resume after a kill at any point,
+//! The training run end to end on tiny settings: exact resume after a kill at any point or a
+//! stop request,
 //! prototypes frozen without any update, a stop with a diagnostic on a non-finite loss while the
 //! last good checkpoint is kept, bad configs refused before work, and the run folder's files.
 
@@ -10,8 +11,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use swav_models::{Backbone, ResNet, SwavModel, read_checkpoint};
 use swav_train::{
-    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, SUMMARY_FILE, TrainConfig, TrainError,
-    open_data, train,
+    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RunOptions, SUMMARY_FILE, StopRequest, TrainConfig,
+    TrainError, TrainObserver, Trainer, open_data, train,
 };
 
 mod common;
@@ -61,6 +62,102 @@ fn a_run_killed_anywhere_and_resumed_ends_bit_identical() {
             assert!(
                 b1 == b2,
                 "kills {kills:?}: tensor {n1} differs from the uninterrupted run"
+            );
+        }
+    }
+}
+
+/// Asks for a stop when the run reports iteration `at` (as a signal arriving during that step).
+struct StopAt {
+    at: usize,
+    stop: StopRequest,
+}
+
+impl TrainObserver for StopAt {
+    fn step(&mut self, progress: &swav_train::StepProgress) {
+        if progress.iteration == self.at {
+            self.stop.request();
+        }
+    }
+}
+
+#[test]
+fn a_stop_request_checkpoints_the_step_it_ends_and_resumes_bit_identical() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full_cfg = tiny(&dir.path().join("full"));
+    let (full, _) = run(&full_cfg, None);
+    let reference = bits(&full);
+
+    // Mid-epoch (iteration 5: between the checkpoints at 4 and 6), at an epoch's last step
+    // (iteration 8: the epoch's end is written and its records kept), and at the first step
+    // after a resume.
+    for stops in [vec![5], vec![8], vec![1, 2]] {
+        let cfg = tiny(&dir.path().join(format!("stopped{stops:?}")));
+        let data = open_data(&cfg.data, cfg.swav.seed, (0, 0)).expect("data");
+        let mut done = 0;
+        for &at in &stops {
+            let stop = StopRequest::new();
+            let mut observer = StopAt {
+                at: done + at,
+                stop: stop.clone(),
+            };
+            let options = RunOptions {
+                stop: Some(stop),
+                ..RunOptions::default()
+            };
+            let out = Trainer::new(&cfg, &data)
+                .options(options)
+                .observer(&mut observer)
+                .run(resnet(&cfg))
+                .expect("stopped run");
+            let s = out.summary;
+            done += at;
+            assert!(!s.completed, "{stops:?}");
+            let p = s
+                .preempted
+                .as_ref()
+                .expect("the summary says where it stopped");
+            assert_eq!(
+                p.iteration, done,
+                "{stops:?}: stopped after the step in progress"
+            );
+            assert_eq!(p.epoch, done / 4, "{stops:?}: the epoch it continues in");
+            assert_eq!(p.checkpoint, cfg.run.out_dir.join(CHECKPOINT_FILE));
+            // The checkpoint holds that step, and the summary file says so.
+            let ckpt = read_checkpoint(&p.checkpoint).expect("checkpoint reads");
+            let state = ckpt
+                .metadata
+                .get("swav.train_state")
+                .expect("training state");
+            let state: serde_json::Value = serde_json::from_str(state).expect("json");
+            assert_eq!(state["iteration"], done, "{stops:?}");
+            let on_disk: swav_train::RunSummary = serde_json::from_str(
+                &std::fs::read_to_string(cfg.run.out_dir.join(SUMMARY_FILE)).expect("summary"),
+            )
+            .expect("summary parses");
+            assert_eq!(on_disk.preempted, s.preempted);
+        }
+        let (resumed, s) = run(&cfg, None);
+        assert!(s.completed && s.preempted.is_none(), "{stops:?}");
+        assert_eq!(s.resumed_from_iteration, Some(done), "{stops:?}");
+        // Every step is logged once: the stop lost none and repeated none.
+        let steps: Vec<u64> = std::fs::read_to_string(cfg.run.out_dir.join(METRICS_FILE))
+            .expect("metrics")
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .filter(|r| r["type"] == "step")
+            .filter_map(|r| r["iteration"].as_u64())
+            .collect();
+        assert_eq!(
+            steps,
+            (1..=12).collect::<Vec<_>>(),
+            "{stops:?}: one step record per iteration"
+        );
+        for ((n1, b1), (n2, b2)) in bits(&resumed).iter().zip(&reference) {
+            assert_eq!(n1, n2);
+            assert!(
+                b1 == b2,
+                "stops {stops:?}: tensor {n1} differs from the uninterrupted run"
             );
         }
     }

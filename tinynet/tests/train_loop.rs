@@ -37,8 +37,8 @@ fn tinynet_trains_through_the_swav_training_run() {
         &data,
         build,
         &RunOptions {
-            resume_from: None,
             stop_after: Some(4),
+            ..RunOptions::default()
         },
     )
     .expect("first part");

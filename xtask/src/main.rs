@@ -7,6 +7,7 @@ mod bench;
 mod eval;
 mod pretrain;
 mod progress;
+mod signals;
 mod tidy;
 
 use std::path::{Path, PathBuf};

@@ -188,6 +188,7 @@ impl ModelTask for PretrainTask<'_> {
         let options = RunOptions {
             resume_from: args.resume.clone(),
             stop_after: args.stop_after,
+            stop: Some(crate::signals::stop_on_signals()?),
         };
         let mut progress = crate::progress::Progress::new(config.run.quiet);
         let outcome = Trainer::new(config, data)
@@ -195,6 +196,21 @@ impl ModelTask for PretrainTask<'_> {
             .observer(&mut progress)
             .backbone_config(spec.backbone.clone())
             .run(|d| Ok(build(d)?))?;
+        if let Some(p) = &outcome.summary.preempted {
+            // Stopped by SIGTERM / SIGINT: the checkpoint is written; say how to go on.
+            eprintln!(
+                "stopped on request after iteration {} (epoch {} continues); checkpoint: {}",
+                p.iteration,
+                p.epoch,
+                p.checkpoint.display()
+            );
+            eprintln!(
+                "resume: run the same command again without --fresh (it continues from the \
+                 checkpoint), or add --resume {}",
+                config.run.out_dir.display()
+            );
+            std::process::exit(crate::signals::PREEMPTED_EXIT);
+        }
         report(args, config, &outcome.summary)
     }
 }

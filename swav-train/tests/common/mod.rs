@@ -54,8 +54,8 @@ pub fn run(
 ) -> (SwavModel<ResNet>, swav_train::RunSummary) {
     let data = open_data(&config.data, config.swav.seed, (0, 0)).expect("data");
     let options = RunOptions {
-        resume_from: None,
         stop_after,
+        ..RunOptions::default()
     };
     let out = train(config, &data, resnet(config), &options).expect("train");
     (out.model, out.summary)
