@@ -108,6 +108,19 @@ pub fn decode_image(
     l.max_image_height = Some(limits.max_side);
     l.max_alloc = Some(limits.max_alloc);
     reader.limits(l);
+    // Say what the header declares when it is over the limit (not only that it is). Reading
+    // the header allocates nothing of the image, so it runs without limits.
+    let header = ImageReader::new(Cursor::new(bytes)).with_guessed_format();
+    if let Ok((w, h)) = header.map_err(|e| e.to_string()).and_then(|mut r| {
+        r.no_limits();
+        r.into_dimensions().map_err(|e| e.to_string())
+    }) && (w > limits.max_side || h > limits.max_side)
+    {
+        return Err(decode_err(format!(
+            "the header declares {w} x {h} pixels, over the limit of {} a side",
+            limits.max_side
+        )));
+    }
     let image = reader.decode().map_err(|e| decode_err(e.to_string()))?;
     swav_augment::to_rgb8(&image).map_err(|e| decode_err(e.to_string()))
 }

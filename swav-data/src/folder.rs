@@ -58,7 +58,10 @@ impl ImageFolder {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with('.'));
-                if f.is_file() && !hidden && is_image(&f) {
+                // Symbolic links are listed even when they dangle: reading one then fails and
+                // the file is skipped and counted by name, not silently left out.
+                let link = std::fs::symlink_metadata(&f).is_ok_and(|m| m.file_type().is_symlink());
+                if (f.is_file() || link) && !hidden && is_image(&f) {
                     files.push((f, label));
                 }
             }
@@ -120,7 +123,19 @@ impl ImageDataset for ImageFolder {
             index,
             len: self.files.len(),
         })?;
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| match std::fs::read_link(path) {
+            Ok(target) if !path.exists() => DataError::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "a dangling symbolic link (its target {} does not exist)",
+                        target.display()
+                    ),
+                ),
+            ),
+            _ => DataError::io(path, e),
+        })?;
         let image = decode_image(&bytes, path, self.limits)?;
         Ok(Sample {
             image,

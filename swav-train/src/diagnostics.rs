@@ -2,6 +2,7 @@
 //! parts of a non-finite loss, and collapse.
 
 use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use swav_core::{SwavConfig, swapped_prediction_loss};
 
@@ -31,6 +32,61 @@ pub(crate) fn non_finite<M: Module>(module: &M) -> Vec<String> {
         bad: Vec::new(),
     };
     module.visit(&mut v);
+    v.bad
+}
+
+/// Whether every gradient in `grads` of `model`'s parameters is finite, with one read-back for
+/// the whole model (`g * 0` sums to 0 when finite, NaN otherwise; no overflow of large values).
+pub(crate) fn grads_finite<M: Module>(model: &M, grads: &GradientsParams) -> bool {
+    struct V<'a> {
+        grads: &'a GradientsParams,
+        probe: Option<Tensor<1>>,
+    }
+    impl burn::module::ModuleVisitor for V<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let p = g.mul_scalar(0.0).sum();
+                self.probe = Some(match self.probe.take() {
+                    Some(s) => s.add(p),
+                    None => p,
+                });
+            }
+        }
+    }
+    let mut v = V { grads, probe: None };
+    model.visit(&mut v);
+    v.probe.is_none_or(|s| s.into_scalar::<f32>().is_finite())
+}
+
+/// The parameters of `model` whose gradient in `grads` holds NaN or infinite values, by path.
+pub(crate) fn non_finite_grads<M: Module>(model: &M, grads: &GradientsParams) -> Vec<String> {
+    struct V<'a> {
+        grads: &'a GradientsParams,
+        path: Vec<String>,
+        bad: Vec<String>,
+    }
+    impl burn::module::ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let Some(g) = self.grads.get::<D>(param.id) else {
+                return;
+            };
+            if g.is_finite().bool_not().any().into_scalar::<bool>() {
+                self.bad.push(self.path.join("."));
+            }
+        }
+    }
+    let mut v = V {
+        grads,
+        path: Vec::new(),
+        bad: Vec::new(),
+    };
+    model.visit(&mut v);
     v.bad
 }
 

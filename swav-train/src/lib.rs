@@ -25,6 +25,7 @@ mod data;
 mod device;
 mod diagnostics;
 mod error;
+mod fault;
 mod metrics;
 mod objective;
 mod observer;
@@ -47,6 +48,7 @@ pub use device::{
     uses_gpu,
 };
 pub use error::TrainError;
+pub use fault::{FaultTarget, InjectedFault};
 pub use metrics::{
     Csv, JsonLines, METRICS_FILE, MetricsSink, Plots, Record, SINK_NAMES, TensorBoard, sinks_named,
 };

@@ -23,6 +23,8 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.bpk";
 /// The checkpoint before the newest, kept so that a newest one that does not read (a machine
 /// that died mid-write, a copy cut short) still leaves one to resume from.
 pub const PREVIOUS_CHECKPOINT_FILE: &str = "checkpoint.prev.bpk";
+/// Where a checkpoint is written before it replaces the newest (a leftover is ignored).
+const NEXT_CHECKPOINT_FILE: &str = "checkpoint.next.bpk";
 /// The resolved configuration of the run.
 pub const CONFIG_FILE: &str = "config.toml";
 /// The final summary.
@@ -352,12 +354,31 @@ impl Saver<'_> {
             SPEC_KEY.to_string(),
             serde_json::to_string(&spec).map_err(|e| TrainError::Checkpoint(e.to_string()))?,
         );
-        // The newest becomes the previous one, then the new one is written (atomically): at
-        // any moment at least one complete checkpoint is on disk.
+        // The new checkpoint is written whole (atomically) beside the others first; only then
+        // does the newest become the previous one and the new one the newest. A write that
+        // fails (a full disk) leaves both untouched; a machine dying between the two renames
+        // leaves the previous one, which resume falls back to.
+        let fresh = ckpt_file.with_file_name(NEXT_CHECKPOINT_FILE);
+        if let Err(e) = write_checkpoint(&fresh, model, arrays, &meta) {
+            let _ = std::fs::remove_file(&fresh);
+            let kept = if ckpt_file.is_file() {
+                format!(
+                    "{} and the one before it are untouched",
+                    ckpt_file.display()
+                )
+            } else {
+                "no earlier checkpoint exists".to_string()
+            };
+            return Err(TrainError::Checkpoint(format!(
+                "the checkpoint of iteration {iteration} could not be written ({e}); {kept}. \
+                 Free space (or fix the folder) and run the same command: it resumes from the \
+                 last checkpoint"
+            )));
+        }
         if ckpt_file.is_file() {
             std::fs::rename(ckpt_file, &previous).map_err(|e| TrainError::io(&previous, e))?;
         }
-        write_checkpoint(ckpt_file, model, arrays, &meta)?;
+        std::fs::rename(&fresh, ckpt_file).map_err(|e| TrainError::io(ckpt_file, e))?;
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ use crate::config::TrainConfig;
 use crate::data::RunData;
 use crate::device::{devices_for, seeded_init};
 use crate::diagnostics::code_stats;
+use crate::fault::InjectedFault;
 use crate::metrics::{JsonLines, MetricsSink, Record, sinks_named};
 use crate::objective::normalize_heads;
 use crate::observer::{Silent, StepProgress, TrainObserver};
@@ -41,6 +42,8 @@ pub struct RunOptions {
     /// finished, a checkpoint is written, the summary (`preempted`) says where, and the run
     /// returns normally with `completed` false.
     pub stop: Option<StopRequest>,
+    /// A fault to inject on purpose (tests of what the run does about NaN and infinity).
+    pub fault: Option<InjectedFault>,
 }
 
 /// What a run did.
@@ -555,7 +558,10 @@ impl Run<'_, '_> {
                 if let Some(sc) = &scaler {
                     group.set_loss_scale(sc.scale);
                 }
-                let out = group.step(&model, groups, &mut queues, log_now)?;
+                let mut out = group.step(&model, groups, &mut queues, log_now)?;
+                if let Some(fault) = &self.options.fault {
+                    fault.apply(iteration + 1, &model, &mut out.loss, &mut out.grads);
+                }
                 if !checked_sync {
                     checked_sync = true;
                     let missed = &out.unsynchronised_batch_norms;
@@ -580,25 +586,45 @@ impl Run<'_, '_> {
                     }
                 }
                 let loss_value = out.loss;
+                // Name the checkpoint only if there is one, and say when it was written.
+                let last_good = || match last_checkpoint {
+                    Some(at) => format!(
+                        "The last good checkpoint is {} (iteration {at}, before this step)",
+                        ckpt_file.display()
+                    ),
+                    None => format!(
+                        "No checkpoint was written yet (one is written every {} iterations and \
+                         at each epoch's end), so nothing is kept to resume from",
+                        config.run.checkpoint_every
+                    ),
+                };
                 if !loss_value.is_finite() {
                     self.observer.finished();
-                    // Name the checkpoint only if there is one, and say when it was written.
-                    let last_good = match last_checkpoint {
-                        Some(at) => format!(
-                            "The last good checkpoint is {} (iteration {at}, before this step)",
-                            ckpt_file.display()
-                        ),
-                        None => format!(
-                            "No checkpoint was written yet (one is written every {} iterations \
-                             and at each epoch's end), so nothing is kept to resume from",
-                            config.run.checkpoint_every
-                        ),
-                    };
+                    let last_good = last_good();
                     return Err(TrainError::NonFinite(format!(
                         "epoch {epoch}, iteration {iteration} (batch {batch_index} of the \
                          epoch): loss {loss_value}, lr {lr:.6}; {}. {last_good}. Usual causes: \
                          a learning rate too high, f16 overflow, epsilon too small",
                         out.diagnostic.unwrap_or_default(),
+                    )));
+                }
+                // A non-finite gradient under a finite loss would poison the weights unseen
+                // (f16 runs check and skip in the loss scaler instead).
+                if scaler.is_none() && !crate::diagnostics::grads_finite(&model, &out.grads) {
+                    self.observer.finished();
+                    let bad = crate::diagnostics::non_finite_grads(&model, &out.grads);
+                    return Err(TrainError::NonFinite(format!(
+                        "epoch {epoch}, iteration {iteration} (batch {batch_index} of the \
+                         epoch): the loss {loss_value} is finite but the gradients of {} hold \
+                         NaN or infinite values; the update was not applied. {}. Usual causes: \
+                         a learning rate too high, an operation without a finite gradient in a \
+                         custom backbone",
+                        if bad.is_empty() {
+                            "some parameters".to_string()
+                        } else {
+                            bad.join(", ")
+                        },
+                        last_good()
                     )));
                 }
                 let frozen = iteration < s.freeze_prototypes_niters;

@@ -57,6 +57,10 @@ pub struct PretrainArgs {
     /// of resume, e.g. on another device.
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
+    /// Inject a fault on purpose, for the fault suite: nan-loss@N, inf-loss@N, nan-grad@N or
+    /// inf-grad@N (the step completing iteration N).
+    #[arg(long, value_name = "FAULT", hide = true)]
+    pub inject_fault: Option<swav_train::InjectedFault>,
 }
 
 /// The resolved configuration of the arguments.
@@ -189,6 +193,7 @@ impl ModelTask for PretrainTask<'_> {
             resume_from: args.resume.clone(),
             stop_after: args.stop_after,
             stop: Some(crate::signals::stop_on_signals()?),
+            fault: args.inject_fault,
         };
         let mut progress = crate::progress::Progress::new(config.run.quiet);
         let outcome = Trainer::new(config, data)
