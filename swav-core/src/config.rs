@@ -115,6 +115,9 @@ pub struct SwavConfig {
     /// Exclude BatchNorm and bias parameters from LARS adaptation and weight decay (the peers
     /// do; the original does not).
     pub lars_exclude_bn_bias: bool,
+    /// apex LARC's `clip`: the adaptive rate divided by the scheduled one and capped at 1 (the
+    /// original runs without it, the default).
+    pub lars_clip: bool,
     /// Mixed precision on GPU devices: convolutions and the head's Linear layers in
     /// `half_type`, parameters, BatchNorm, embeddings, scores, Sinkhorn and loss in f32. The CPU
     /// backend trains in f32 (its half-precision kernels are slower).
@@ -160,6 +163,7 @@ impl Default for SwavConfig {
             optimizer: OptimizerKind::Lars,
             lars_trust_coefficient: 0.001,
             lars_exclude_bn_bias: false,
+            lars_clip: false,
             use_fp16: true,
             half_type: HalfType::F16,
             seed: 31,

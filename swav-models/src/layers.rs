@@ -55,11 +55,12 @@ fn conv2d_no_bias(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> T
     burn::tensor::module::conv2d(x, weight, None, options)
 }
 
-/// BatchNorm's forward as burn's `BatchNorm::forward`, for any input `[B, C, ...]`, computed
-/// and returned in f32 (a half-precision convolution's output is cast first). In training
-/// mode: synchronised over the data-parallel group installed on this thread when there is one;
-/// otherwise the engine's fused kernels on flex. The running statistics are updated exactly as
-/// burn does. Anything else is burn's own forward.
+/// BatchNorm's forward, for any input `[B, C, ...]`, computed and returned in f32 (a
+/// half-precision convolution's output is cast first). In training mode: synchronised over the
+/// data-parallel group installed on this thread when there is one; otherwise the engine's fused
+/// kernels on flex, or tensor operations on other backends; the running statistics are updated
+/// as PyTorch does (with the unbiased batch variance, where burn's own `BatchNorm` takes the
+/// biased one). In eval mode: burn's `BatchNorm::forward` (the running statistics).
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     let x = to_f32(x);
     let training = x.device().is_autodiff() && bn.training.is_enabled();
@@ -77,14 +78,15 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
                 mean,
                 variance,
             } => {
-                crate::bn_stats::update_running_stats(bn, mean, variance);
+                let count = (output.shape().num_elements() / output.dims()[1].max(1)) as f64;
+                crate::bn_stats::update_running_stats(bn, mean, variance, count);
                 output
             }
-            FusedBatchNorm::NotServed(x) => bn.forward(x),
+            FusedBatchNorm::NotServed(x) => crate::bn_stats::batch_norm_train(bn, x),
         }
     }
     #[cfg(not(feature = "engine"))]
-    bn.forward(x)
+    crate::bn_stats::batch_norm_train(bn, x)
 }
 
 /// A Linear layer's forward in the autocast type (its weight and bias cast; burn's own forward

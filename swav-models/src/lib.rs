@@ -24,7 +24,6 @@
 //! without it the layers use burn's own kernels and there is no synchronised BatchNorm.
 
 mod backbone;
-#[cfg(feature = "engine")]
 mod bn_stats;
 mod checkpoint;
 mod error;

@@ -77,13 +77,7 @@ pub fn synchronised_batch_norm<const D: usize>(
     let count = group.sum(vec![local])[0].max(1.0);
     let mut broadcast = [1usize; D];
     broadcast[1] = channels;
-    let per_channel = |t: Tensor<D>| -> Tensor<1> {
-        let mut t = t;
-        for d in (0..D).filter(|&d| d != 1) {
-            t = t.sum_dim(d);
-        }
-        t.reshape([channels])
-    };
+    let per_channel = crate::bn_stats::per_channel::<D>;
     let mean = all_reduce_sum(per_channel(x.clone()), group).div_scalar(count);
     let centred = x.sub(mean.clone().reshape(broadcast));
     let variance = all_reduce_sum(per_channel(centred.clone().square()), group).div_scalar(count);
@@ -95,7 +89,7 @@ pub fn synchronised_batch_norm<const D: usize>(
         .mul(scale.reshape(broadcast))
         .add(bn.beta.val().reshape(broadcast));
     SYNCHRONISED.with(|s| s.borrow_mut().insert(bn.gamma.id));
-    crate::bn_stats::update_running_stats(bn, mean, variance);
+    crate::bn_stats::update_running_stats(bn, mean, variance, count);
     out
 }
 

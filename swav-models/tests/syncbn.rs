@@ -85,8 +85,8 @@ fn step<const D: usize>(x: Tensor<D>, r: Tensor<D>, c: usize) -> Vec<Vec<f32>> {
         values(x.grad(&grads).expect("x")),
         values(bn.gamma.val().grad(&grads).expect("gamma")),
         values(bn.beta.val().grad(&grads).expect("beta")),
-        values(bn.running_mean.value()),
-        values(bn.running_var.value()),
+        values(bn.running_mean.value_sync()),
+        values(bn.running_var.value_sync()),
     ]
 }
 

@@ -4,7 +4,8 @@
 //!   parameter with a gradient, `local_lr = trust * ||p|| / (||g|| + wd * ||p|| + 1e-8)` and
 //!   `g = (g + wd * p) * local_lr` when both norms are non-zero (else `g` is left alone and no
 //!   weight decay is added), then `buf = momentum * buf + g` (`buf = g` on the first step) and
-//!   `p -= lr * buf`. With `exclude_bn_bias`, one-dimensional parameters (BatchNorm weights and
+//!   `p -= lr * buf`. With `clip` (apex's option, off in the original), `local_lr` becomes
+//!   `min(local_lr / lr, 1)`. With `exclude_bn_bias`, one-dimensional parameters (BatchNorm weights and
 //!   biases, Linear biases) skip both the adaptation and the weight decay, as the peers do.
 //! - SGD: `g += wd * p`, the same momentum, `p -= lr * buf` (`torch.optim.SGD`, dampening 0).
 //! - AdamW: `torch.optim.AdamW` (betas 0.9 / 0.999, eps 1e-8, decoupled decay `p *= 1 - lr wd`).
@@ -54,6 +55,8 @@ pub struct OptimConfig {
     pub trust: f64,
     /// Exclude one-dimensional parameters from LARS adaptation and weight decay.
     pub exclude_bn_bias: bool,
+    /// apex LARC's `clip`: the local rate becomes `min(local_lr / lr, 1)`.
+    pub clip: bool,
 }
 
 /// State of one parameter.
@@ -237,6 +240,12 @@ impl<G> StepMapper<'_, G> {
                             .add(pn.clone().mul_scalar(c.weight_decay))
                             .add_scalar(1e-8),
                     );
+                    // With clipping the step is at most the scheduled one (lr 0: no cap).
+                    let adaptive = if c.clip {
+                        adaptive.div_scalar(lr).clamp_max(1.0)
+                    } else {
+                        adaptive
+                    };
                     let active = pn.greater_elem(0.0).bool_and(gn.greater_elem(0.0));
                     let ones = Tensor::<1>::ones([1], &adaptive.device());
                     let factor = ones.clone().mask_where(active.clone(), adaptive);
@@ -376,6 +385,7 @@ mod tests {
 
     fn config(kind: OptimizerKind, exclude_bn_bias: bool) -> OptimConfig {
         OptimConfig {
+            clip: false,
             kind,
             momentum: 0.9,
             weight_decay: 0.1,

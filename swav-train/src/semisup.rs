@@ -317,6 +317,7 @@ where
         weight_decay: config.weight_decay,
         trust: 0.0,
         exclude_bn_bias: false,
+        clip: false,
     });
     let mut epochs = Vec::with_capacity(config.epochs);
     let mut best = (f64::MIN, 0usize);

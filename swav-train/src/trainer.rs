@@ -379,6 +379,7 @@ impl Run<'_, '_> {
             weight_decay: s.wd,
             trust: s.lars_trust_coefficient,
             exclude_bn_bias: s.lars_exclude_bn_bias,
+            clip: s.lars_clip,
         });
         let mut queues: Vec<Option<EmbeddingQueue>> = (0..world).map(|_| None).collect();
         let (mut epoch, mut next_batch, mut iteration, mut elapsed_before) =

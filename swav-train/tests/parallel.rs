@@ -224,6 +224,7 @@ fn sgd() -> Optimizer {
         weight_decay: 1e-4,
         trust: 0.001,
         exclude_bn_bias: false,
+        clip: false,
     })
 }
 

@@ -101,6 +101,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         weight_decay: 1e-6,
         trust: 0.001,
         exclude_bn_bias: false,
+        clip: false,
     });
     // The peer's loss settings: crops 0 and 1 assigned, T 0.1, epsilon 0.05, 3 iterations.
     let swav = SwavConfig {
