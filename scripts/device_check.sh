@@ -8,21 +8,27 @@
 #   1. the GPU's name and driver (nvidia-smi);
 #   2. PyTorch's step, fp32 and AMP + channels-last, for ResNet-18 CIFAR 2x32 batch 512 and
 #      ResNet-50 2x224 + 6x96 batch 64 (scripts/peers/torch_swav_step.py);
-#   3. ours on wgpu (autotune, fusion, SPIR-V on Vulkan) in f32 and f16, on the same shapes:
+#   3. ours on every engine that travelled, on the same shapes: wgpu (autotune, fusion, SPIR-V
+#      on Vulkan) in f32 and f16 (.dev/xtask), CUDA in f32, bf16 and f16 (.dev/xtask-cuda):
 #      images/s and the time to the first step, first with an empty kernel cache, then again
 #      with the cache the first run filled (each JSON line names the live backend);
-#   4. a CIFAR-10 pretraining run (ResNet-18, the cifar10 preset's recipe) on wgpu for the time
-#      left, ending with its kNN accuracy against the same network at random initialisation.
+#   4. the loader's throughput on the machine's cores, both crop sets, on the CIFAR-10 tree;
+#   5. a CIFAR-10 pretraining run (ResNet-18, the cifar10 preset's recipe) on the fastest
+#      engine that travelled (CUDA, else wgpu) for the time left, ending with its kNN accuracy
+#      against the same network at random initialisation.
 #
-# Prepare here (CPU machine), in the repository root:
-#   echo /.dev/ >> .git/info/exclude; echo /.gl/ >> .git/info/exclude; mkdir -p .dev
-#   cargo build --release -p xtask --features wgpu                        # ~20 min cold
-#   strip -o .dev/xtask "${CARGO_TARGET_DIR:-target}/release/xtask" && gzip -f .dev/xtask
-#   the Vulkan loaders into .gl (the device README's `.gl` recipe)
+# Prepare here (CPU machine), in the repository root (.dev and .gl are ignored by git):
+#   mkdir -p .dev
+#   cargo build --release -p xtask --features cuda         # offline: scripts/setup-llvm.sh first
+#   strip -o .dev/xtask-cuda "${CARGO_TARGET_DIR:-target}/release/xtask" && gzip -f .dev/xtask-cuda
+#   and/or the wgpu build (about 20 min cold) as .dev/xtask.gz, with the Vulkan loaders in .gl
+#   (the device README's `.gl` recipe);
 #   a CIFAR-10 JPEG tree as .dev/cifar10.tar.gz (train/ and test/ class folders; about 140 MB
-#   unpacked, so carry a subset when the 64 MiB limit requires, e.g. 10,000 train images)
-# Then one call: run(command="bash scripts/device_check.sh", carry=[".dev", ".gl"],
-# timeout_s=560). The numbers go into docs/benchmarks.md beside PyTorch's from the same run.
+#   unpacked, so carry a subset when the 64 MiB limit requires, e.g. 10,000 train images).
+# The stripped, gzipped CUDA binary is about 58 MB: with the wgpu one it exceeds the 64 MiB a
+# call carries, so each engine travels in a call of its own (the script measures what is there).
+# Then: run(command="bash scripts/device_check.sh", carry=[".dev"(, ".gl")], timeout_s=560).
+# The numbers go into docs/benchmarks.md beside PyTorch's from the same run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp}"
@@ -37,8 +43,15 @@ left() { echo $(( budget_s - ($(date +%s) - start) )); }
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
 export VK_DRIVER_FILES="${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}"
 export __EGL_VENDOR_LIBRARY_FILENAMES="${__EGL_VENDOR_LIBRARY_FILENAMES:-/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json}"
-xtask=.dev/xtask
-[ -x "$xtask" ] || { gunzip -kf .dev/xtask.gz && chmod +x "$xtask"; }
+# The engines that travelled: name, binary, devices.
+engines=()
+for b in xtask xtask-cuda; do
+    [ -x ".dev/$b" ] || { [ -f ".dev/$b.gz" ] && gunzip -kf ".dev/$b.gz" && chmod +x ".dev/$b"; }
+done
+[ -x .dev/xtask ] && engines+=("wgpu")
+[ -x .dev/xtask-cuda ] && engines+=("cuda")
+bin_of() { if [ "$1" = cuda ]; then echo .dev/xtask-cuda; else echo .dev/xtask; fi; }
+[ "${#engines[@]}" -gt 0 ] || { echo "no binary in .dev (xtask.gz or xtask-cuda.gz)"; exit 2; }
 
 # One JSON line per measurement: the command's last output line when it is JSON, else a record
 # of the failure.
@@ -72,26 +85,48 @@ record torch-r18-amp-cl 90 python3 scripts/peers/torch_swav_step.py $r18 --steps
 record torch-r50-fp32 90 python3 scripts/peers/torch_swav_step.py $r50 --steps 10 --warmup 3
 record torch-r50-amp-cl 90 python3 scripts/peers/torch_swav_step.py $r50 --steps 10 --warmup 3 --amp --channels-last
 
-echo "== swav-rs on wgpu: empty kernel cache, then the same cache again"
-export SWAV_KERNEL_CACHE="$out/kernel-cache"
-rm -rf "$SWAV_KERNEL_CACHE"
-for pass in cold warm; do
-    record "ours-r18-f32-$pass" 100 "$xtask" bench --device wgpu $r18 --steps 10 --warmup 3
-    record "ours-r18-f16-$pass" 100 "$xtask" bench --device wgpu $r18 --steps 10 --warmup 3 --amp f16
-    [ "$(left)" -gt 200 ] || break
-    record "ours-r50-f32-$pass" 100 "$xtask" bench --device wgpu $r50 --steps 5 --warmup 2
-    record "ours-r50-f16-$pass" 100 "$xtask" bench --device wgpu $r50 --steps 5 --warmup 2 --amp f16
+for engine in "${engines[@]}"; do
+    xtask=$(bin_of "$engine")
+    case "$engine" in
+        cuda) precisions="f32 bf16 f16" ;;
+        *) precisions="f32 f16" ;;
+    esac
+    echo "== swav-rs on $engine: empty kernel cache, then the same cache again"
+    export SWAV_KERNEL_CACHE="$out/kernel-cache-$engine"
+    rm -rf "$SWAV_KERNEL_CACHE"
+    for pass in cold warm; do
+        for p in $precisions; do
+            amp=(); [ "$p" = f32 ] || amp=(--amp "$p")
+            record "ours-$engine-r18-$p-$pass" 100 "$xtask" bench --device "$engine" $r18 --steps 10 --warmup 3 "${amp[@]}"
+        done
+        [ "$(left)" -gt 240 ] || break
+        for p in $precisions; do
+            amp=(); [ "$p" = f32 ] || amp=(--amp "$p")
+            record "ours-$engine-r50-$p-$pass" 100 "$xtask" bench --device "$engine" $r50 --steps 5 --warmup 2 "${amp[@]}"
+        done
+    done
 done
 
-echo "== CIFAR-10 pretraining on wgpu for the time left ($(left) s)"
-if [ -f .dev/cifar10.tar.gz ] && [ "$(left)" -gt 90 ]; then
+data=""
+if [ -f .dev/cifar10.tar.gz ]; then
     mkdir -p "$out/cifar10" && tar xzf .dev/cifar10.tar.gz -C "$out/cifar10"
     data=$(dirname "$(find "$out/cifar10" -maxdepth 3 -type d -name train | head -1)")
+    echo "== the loader on $(nproc) cores, both crop sets"
+    xtask=$(bin_of "${engines[0]}")
+    record loader-2x32 60 "$xtask" bench --loader "$data" --augment cifar --crops 2x32 --batch 512 --steps 40 --warmup 5
+    record loader-2x224-6x96 90 "$xtask" bench --loader "$data" --augment swav --crops 2x224,6x96 --batch 64 --steps 30 --warmup 5
+fi
+
+fastest="${engines[-1]}"
+xtask=$(bin_of "$fastest")
+echo "== CIFAR-10 pretraining on $fastest for the time left ($(left) s)"
+if [ -n "$data" ] && [ "$(left)" -gt 90 ]; then
     # `timeout` ends the run if it overruns; the record then lists the epochs it finished
     # (metrics.jsonl). Set DEVICE_CHECK_EPOCHS to what fits at the rate the benches measured.
     timeout $(( $(left) - 20 )) "$xtask" pretrain --config configs/cifar10.toml --data "$data" \
-        --device wgpu --out "$out/cifar-run" --fresh --quiet --set run.knn_every=1 \
-        --set epochs="${DEVICE_CHECK_EPOCHS:-10}" --set use_fp16=true
+        --device "$fastest" --out "$out/cifar-run" --fresh --quiet --set run.knn_every=1 \
+        --set epochs="${DEVICE_CHECK_EPOCHS:-10}" --set use_fp16=true \
+        --set half_type="\"$([ "$fastest" = cuda ] && echo bf16 || echo f16)\""
     python3 - "$out/cifar-run" >> "$jsonl" <<'EOF'
 import json, os, sys
 run = sys.argv[1]

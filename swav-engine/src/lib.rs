@@ -27,6 +27,8 @@ mod block_cache;
 mod bn_kernels;
 mod conv;
 mod dispatch;
+#[cfg(feature = "cuda")]
+mod driver;
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod gemm_conv;
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
@@ -41,6 +43,8 @@ pub use batch_norm::{FusedBatchNorm, batch_norm_train};
 pub use block_cache::{BlockCache, BlockCacheStats};
 pub use conv::conv2d_no_bias;
 pub use dispatch::{backend_name, is_flex, with_burn_kernels};
+#[cfg(feature = "cuda")]
+pub use driver::cuda_driver_loads;
 
 /// The slice-level kernels behind [`conv2d_no_bias`]: contiguous NCHW f32 in, contiguous f32
 /// out, for this crate's tests and benchmarks (feature `internals`).

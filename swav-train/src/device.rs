@@ -60,9 +60,13 @@ pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
             })
         }
         #[cfg(feature = "cuda")]
-        (_, Some((GpuApi::Cuda, index))) => Ok(Device::cuda(
-            index.map_or(burn::tensor::DeviceIndex::Default, Into::into),
-        )),
+        (_, Some((GpuApi::Cuda, index))) => {
+            swav_engine::cuda_driver_loads()
+                .map_err(|e| TrainError::ConfigFile(format!("{field} = `{name}`: {e}")))?;
+            Ok(Device::cuda(
+                index.map_or(burn::tensor::DeviceIndex::Default, Into::into),
+            ))
+        }
         #[cfg(feature = "remote")]
         (other, _) if other.starts_with("ws://") => {
             let host = burn::tensor::remote::RemoteHost::websocket(other);

@@ -415,7 +415,9 @@ fn a_wrong_warmup_clip_freeze_or_queue_start_breaks_the_parity() {
             .expect("segment")
             .clone()
     };
-    let cases: [(&str, u64, fn(&mut TrainConfig)); 4] = [
+    /// A wrong setting: its name, the segment where it shows, the change.
+    type Case = (&'static str, u64, fn(&mut TrainConfig));
+    let cases: [Case; 4] = [
         ("warmup of 3 epochs", 0, |c| c.swav.warmup_epochs = 3),
         ("LARC clip on", 0, |c| c.swav.lars_clip = true),
         ("prototypes unfrozen at 71", 68, |c| {

@@ -40,7 +40,8 @@ pub struct BenchArgs {
     /// Base width of the ResNet (64 as torchvision).
     #[arg(long, default_value_t = 64)]
     pub base_width: usize,
-    /// `cpu` (burn flex), or `wgpu` / `wgpu:N` in a build with `--features wgpu`.
+    /// `cpu` (burn flex); `wgpu` / `wgpu:N` / `vulkan` in a build with `--features wgpu`;
+    /// `cuda` / `cuda:N` in a build with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Data-parallel workers, each with `--batch` images (the trainer's `swav.world_size`).
@@ -53,6 +54,77 @@ pub struct BenchArgs {
     /// `bf16`); meant for GPU devices (on the CPU, flex's half kernels are slower).
     #[arg(long)]
     pub amp: Option<String>,
+    /// Measure the multi-crop loader instead of the step: decode, augment and batch the images
+    /// of this folder (class folders, or `train/` with class folders) into `--crops`, `--batch`
+    /// images a batch, `--steps` batches after `--warmup`.
+    #[arg(long, value_name = "DIR")]
+    pub loader: Option<std::path::PathBuf>,
+    /// The loader's decode threads (default: all cores).
+    #[arg(long)]
+    pub loader_workers: Option<usize>,
+    /// The loader's augmentation preset (`data.augment`: swav, cifar, stl10, ...).
+    #[arg(long, default_value = "swav")]
+    pub augment: String,
+}
+
+/// The loader's throughput on a folder: images per second through decode, multi-crop
+/// augmentation and batching, as the trainer's default source runs it.
+fn loader_bench(args: &BenchArgs, dir: &std::path::Path, crops: &[(usize, usize)]) -> Result<()> {
+    use swav_train::{BatchSource, DataKind, MultiCropSource, open_data};
+    let mut cfg = TrainConfig::default();
+    cfg.data.kind = DataKind::Folder;
+    cfg.data.path = Some(dir.to_path_buf());
+    cfg.data.augment = args.augment.clone();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cfg.data.workers = args.loader_workers.unwrap_or(threads);
+    cfg.swav.batch_size = args.batch;
+    cfg.swav.nmb_crops = crops.iter().map(|c| c.0).collect();
+    cfg.swav.size_crops = crops.iter().map(|c| c.1).collect();
+    // The original's scales: the first group large crops, the others small ones.
+    cfg.swav.min_scale_crops = (0..crops.len())
+        .map(|i| if i == 0 { 0.14 } else { 0.05 })
+        .collect();
+    cfg.swav.max_scale_crops = (0..crops.len())
+        .map(|i| if i == 0 { 1.0 } else { 0.14 })
+        .collect();
+    cfg.validate()?;
+    let data = open_data(&cfg.data, cfg.swav.seed, (0, 0))?;
+    let source = MultiCropSource::new(&cfg, &data, 1)?;
+    let per_epoch = source.batches_per_epoch();
+    if per_epoch == 0 {
+        bail!(
+            "{}: fewer images than one batch of {}",
+            dir.display(),
+            args.batch
+        );
+    }
+    let (mut done, mut epoch) = (0usize, 0usize);
+    let mut started = None;
+    while done < args.warmup + args.steps {
+        for _batch in source.epoch(epoch, 0, 0)? {
+            done += 1;
+            if done == args.warmup {
+                started = Some(Instant::now());
+            }
+            if done == args.warmup + args.steps {
+                break;
+            }
+        }
+        epoch += 1;
+    }
+    let secs = started.map_or(0.0, |t| t.elapsed().as_secs_f64()).max(1e-9);
+    let images = (args.batch * args.steps) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "swav-rs", "check": "loader", "data": dir.display().to_string(),
+            "augment": args.augment, "crops": args.crops, "batch": args.batch,
+            "workers": cfg.data.workers, "threads": threads,
+            "images_per_s": (images / secs * 10.0).round() / 10.0,
+            "skipped": source.skipped().len(),
+        })
+    );
+    Ok(())
 }
 
 fn parse_crops(s: &str) -> Result<Vec<(usize, usize)>> {
@@ -72,6 +144,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let n_crops: usize = crops.iter().map(|c| c.0).sum();
     if n_crops < 2 || args.batch == 0 || args.steps == 0 || args.workers == 0 {
         bail!("need at least 2 crops, a batch, a step and a worker");
+    }
+    if let Some(dir) = &args.loader {
+        return loader_bench(args, dir, &crops);
     }
     let started = Instant::now();
     let mut cfg = TrainConfig::default();
