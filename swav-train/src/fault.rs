@@ -15,10 +15,14 @@ pub enum FaultTarget {
     Loss,
     /// Every element of the gradient of the model's first parameter (the loss stays finite).
     Gradient,
+    /// Writing the first checkpoint due at or after the iteration fails as on a full disk
+    /// (ENOSPC), where a small filesystem to fill cannot be mounted.
+    CheckpointWrite,
 }
 
 /// A fault injected at one step: `value` (NaN or an infinity) replaces the target's values at
-/// the step that completes iteration `iteration` (1-based, as the metrics count them).
+/// the step that completes iteration `iteration` (1-based, as the metrics count them); or the
+/// checkpoints from that iteration on cannot be written.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InjectedFault {
     /// What is corrupted.
@@ -32,9 +36,14 @@ pub struct InjectedFault {
 impl FromStr for InjectedFault {
     type Err = String;
 
-    /// `nan-loss@N`, `inf-loss@N`, `nan-grad@N` or `inf-grad@N`.
+    /// `nan-loss@N`, `inf-loss@N`, `nan-grad@N`, `inf-grad@N` or `enospc-checkpoint@N`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let usage = || format!("`{s}`: expected nan-loss@N, inf-loss@N, nan-grad@N or inf-grad@N");
+        let usage = || {
+            format!(
+                "`{s}`: expected nan-loss@N, inf-loss@N, nan-grad@N, inf-grad@N or \
+                 enospc-checkpoint@N"
+            )
+        };
         let (what, at) = s.split_once('@').ok_or_else(usage)?;
         let iteration = at.parse::<usize>().map_err(|_| usage())?;
         let (value, target) = match what {
@@ -42,6 +51,7 @@ impl FromStr for InjectedFault {
             "inf-loss" => (f64::INFINITY, FaultTarget::Loss),
             "nan-grad" => (f64::NAN, FaultTarget::Gradient),
             "inf-grad" => (f64::INFINITY, FaultTarget::Gradient),
+            "enospc-checkpoint" => (0.0, FaultTarget::CheckpointWrite),
             _ => return Err(usage()),
         };
         Ok(Self {
@@ -53,6 +63,11 @@ impl FromStr for InjectedFault {
 }
 
 impl InjectedFault {
+    /// The iteration from which checkpoint writes fail, for a checkpoint fault.
+    pub(crate) fn checkpoints_fail_from(&self) -> Option<usize> {
+        (self.target == FaultTarget::CheckpointWrite).then_some(self.iteration)
+    }
+
     /// Corrupts `loss` or `grads` if this step (completing `iteration`) is the fault's.
     pub(crate) fn apply<M: Module>(
         &self,
@@ -65,6 +80,7 @@ impl InjectedFault {
             return;
         }
         match self.target {
+            FaultTarget::CheckpointWrite => {}
             FaultTarget::Loss => *loss = self.value,
             FaultTarget::Gradient => {
                 struct First<'a> {

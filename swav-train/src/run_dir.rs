@@ -263,6 +263,8 @@ pub(crate) struct Saver<'a> {
     pub spec: &'a SwavModelSpec,
     /// Iterations per epoch.
     pub iters_per_epoch: usize,
+    /// Checkpoints from this iteration on fail as on a full disk (an injected fault).
+    pub fail_from: Option<usize>,
 }
 
 /// Where the run is when a checkpoint is written.
@@ -359,7 +361,17 @@ impl Saver<'_> {
         // fails (a full disk) leaves both untouched; a machine dying between the two renames
         // leaves the previous one, which resume falls back to.
         let fresh = ckpt_file.with_file_name(NEXT_CHECKPOINT_FILE);
-        if let Err(e) = write_checkpoint(&fresh, model, arrays, &meta) {
+        let written = if self.fail_from.is_some_and(|n| iteration >= n) {
+            // ENOSPC, as the operating system reports a full disk.
+            Err(format!(
+                "{}: {} (injected)",
+                fresh.display(),
+                std::io::Error::from_raw_os_error(28)
+            ))
+        } else {
+            write_checkpoint(&fresh, model, arrays, &meta).map_err(|e| e.to_string())
+        };
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&fresh);
             let kept = if ckpt_file.is_file() {
                 format!(

@@ -428,6 +428,7 @@ impl Run<'_, '_> {
             config,
             spec: &spec,
             iters_per_epoch,
+            fail_from: self.options.fault.and_then(|f| f.checkpoints_fail_from()),
         };
 
         let collapse_loss = (s.nmb_prototypes[0] as f64).ln();

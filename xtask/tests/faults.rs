@@ -10,7 +10,7 @@
 //! | a second signal | the process exits at once (128 + signal); the newest checkpoint that reads is intact and the resumed run ends bit-identical |
 //! | undecodable, empty, oversized-header and unreadable images, a dangling link | the run trains to its end; each bad file is named once in the summary with its reason |
 //! | a class folder that vanishes mid-run | the run trains to its end; its files are named as skipped from that epoch on |
-//! | a full disk during a checkpoint | the run stops with an error naming the checkpoint and the cause; the checkpoint before is intact and resumes once space is back |
+//! | a full disk during a checkpoint (ENOSPC injected; a small tmpfs filled up where it can be mounted) | the run stops with an error naming the checkpoint and the cause; the checkpoint before is intact and resumes once space is back |
 //! | NaN / infinity in the loss or in a gradient | the run stops at that step with a diagnostic naming it (and the parameter for a gradient); no update is applied; the last checkpoint holds finite weights and resumes |
 //! | a truncated newest checkpoint | resume falls back to the one before, says so, and ends bit-identical |
 //! | a foreign file as the checkpoint | refused with an error naming the file; nothing is overwritten |
@@ -467,14 +467,56 @@ fn bad_image_files_and_a_vanishing_class_folder_are_skipped_and_named() {
     );
 }
 
+/// The outcome of a run in `out` stopped by a full disk at a checkpoint: a clear error naming
+/// the file and the cause, the checkpoint before intact; then `resume` (with space back) ends
+/// bit-identical to the uninterrupted run.
+fn stopped_by_a_full_disk(o: &Output, out: &Path, resume: &Path, case: &str) {
+    let t = text(o);
+    assert!(
+        !o.status.success(),
+        "{case}: the disk was expected to fill up: {t}"
+    );
+    assert!(t.contains("could not be written"), "{case}: {t}");
+    assert!(
+        t.contains("No space left on device"),
+        "{case}: the cause is named: {t}"
+    );
+    let ckpt = out.join("checkpoint.bpk");
+    assert!(
+        t.contains(&ckpt.display().to_string()),
+        "{case}: the checkpoint is named: {t}"
+    );
+    let kept = checkpoint_iteration(&ckpt);
+    assert!(kept > 0, "{case}: an earlier checkpoint is kept and reads");
+    assert!(
+        !out.join("checkpoint.next.bpk").exists(),
+        "{case}: no partial file left"
+    );
+    let o = run(resume, &[]);
+    assert!(o.status.success(), "{case}: {}", text(&o));
+    assert!(
+        text(&o).contains(&format!("resumed from iteration {kept}")),
+        "{case}: {}",
+        text(&o)
+    );
+    assert_same_tensors(&resume.join("checkpoint.bpk"), &reference(1), case);
+}
+
 #[test]
 fn a_full_disk_during_a_checkpoint_stops_with_the_previous_checkpoint_intact() {
     let reference = reference(1);
     let dir = tempfile::tempdir().expect("temp dir");
+
+    // Everywhere: the operating system's ENOSPC injected into the checkpoint of iteration 6.
+    let out = dir.path().join("injected");
+    let o = run(&out, &["--inject-fault", "enospc-checkpoint@5"]);
+    stopped_by_a_full_disk(&o, &out, &out, "injected ENOSPC");
+
+    // Where a small tmpfs can be mounted (root): a disk that really fills up. Room for the run
+    // folder's other files (as large as the finished run's), two checkpoints and half of a
+    // third: the third, written before the oldest goes, does not fit.
     let mnt = dir.path().join("small-disk");
     std::fs::create_dir_all(&mnt).expect("mkdir");
-    // Room for the run folder's other files (as large as the finished run's), two checkpoints
-    // and half of a third: the third, written before the oldest goes, does not fit.
     let ckpt_len = std::fs::metadata(&reference)
         .expect("reference checkpoint")
         .len();
@@ -493,9 +535,7 @@ fn a_full_disk_during_a_checkpoint_stops_with_the_previous_checkpoint_intact() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!(
-            "SKIPPED: cannot mount a small tmpfs here (needs root); the full-disk case did not run"
-        );
+        eprintln!("a small tmpfs cannot be mounted here (needs root): the injected case ran alone");
         return;
     }
     struct Unmount(PathBuf);
@@ -507,31 +547,8 @@ fn a_full_disk_during_a_checkpoint_stops_with_the_previous_checkpoint_intact() {
     let _unmount = Unmount(mnt.clone());
     let out = mnt.join("run");
     let o = run(&out, &[]);
-    assert!(
-        !o.status.success(),
-        "the disk was expected to fill up: {}",
-        text(&o)
-    );
-    let t = text(&o);
-    assert!(t.contains("could not be written"), "{t}");
-    assert!(
-        t.contains("No space left on device"),
-        "the cause is named: {t}"
-    );
-    let ckpt = out.join("checkpoint.bpk");
-    assert!(
-        t.contains(&ckpt.display().to_string()),
-        "the checkpoint is named: {t}"
-    );
-    let kept = checkpoint_iteration(&ckpt);
-    assert!(kept > 0, "an earlier checkpoint is kept and reads");
-    assert!(
-        !out.join("checkpoint.next.bpk").exists(),
-        "no partial file left"
-    );
-
-    // Space comes back (the run folder moves to a disk with room): the run resumes from it.
-    let moved = dir.path().join("run");
+    // Space comes back: the run folder moves to a disk with room, and resumes there.
+    let moved = dir.path().join("moved");
     let cp = Command::new("cp")
         .arg("-a")
         .arg(&out)
@@ -539,18 +556,7 @@ fn a_full_disk_during_a_checkpoint_stops_with_the_previous_checkpoint_intact() {
         .status()
         .expect("cp");
     assert!(cp.success());
-    let o = run(&moved, &[]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains(&format!("resumed from iteration {kept}")),
-        "{}",
-        text(&o)
-    );
-    assert_same_tensors(
-        &moved.join("checkpoint.bpk"),
-        &reference,
-        "after a full disk",
-    );
+    stopped_by_a_full_disk(&o, &out, &moved, "a full tmpfs");
 }
 
 #[test]
