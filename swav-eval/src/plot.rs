@@ -94,15 +94,68 @@ fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), color: R
     }
 }
 
-fn label(v: f64) -> String {
-    let a = v.abs();
-    if a != 0.0 && !(1e-2..1e4).contains(&a) {
-        format!("{v:.1e}")
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.3}")
+/// How a chart's axes are labelled and what it draws besides its curve.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChartOptions {
+    /// The x values are counts (iterations, epochs): ticks fall on whole numbers and are
+    /// labelled without decimals.
+    pub integer_x: bool,
+    /// Horizontal reference lines, each labelled (e.g. the same network at random
+    /// initialisation on a kNN chart), drawn dashed and included in the y range.
+    pub baselines: Vec<(String, f64)>,
+}
+
+/// The tick labels of `ticks`: whole numbers as integers, values that are all small (below
+/// 0.01) or large (10,000 and up) in scientific notation, otherwise the fewest decimals (up
+/// to 4) that write every tick within 1 % of the ticks' spacing, the same for every tick.
+pub fn tick_labels(ticks: &[f64]) -> Vec<String> {
+    let finite: Vec<f64> = ticks.iter().copied().filter(|v| v.is_finite()).collect();
+    let largest = finite.iter().fold(0f64, |m, v| m.max(v.abs()));
+    if finite.iter().all(|v| (v - v.round()).abs() < 1e-9) && largest < 1e7 {
+        return ticks.iter().map(|v| format!("{v:.0}")).collect();
     }
+    if largest != 0.0 && !(1e-2..1e4).contains(&largest) {
+        return ticks.iter().map(|v| format!("{v:.1e}")).collect();
+    }
+    let step = finite
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .filter(|d| *d > 0.0)
+        .fold(f64::MAX, f64::min);
+    // The fewest decimals that write every tick within 1 % of their spacing.
+    let decimals = if step == f64::MAX {
+        2
+    } else {
+        (0..=4usize)
+            .find(|&d| {
+                let scale = 10f64.powi(d as i32);
+                finite
+                    .iter()
+                    .all(|v| ((v * scale).round() / scale - v).abs() <= 0.01 * step)
+            })
+            .unwrap_or(4)
+    };
+    ticks.iter().map(|v| format!("{v:.decimals$}")).collect()
+}
+
+/// Five tick positions over `[lo, hi]`; with `integer`, on whole numbers (fewer when the range
+/// holds fewer than five).
+fn ticks(lo: f64, hi: f64, integer: bool) -> Vec<f64> {
+    if !integer {
+        return (0..=4).map(|i| lo + (hi - lo) * i as f64 / 4.0).collect();
+    }
+    let (lo, hi) = (lo.ceil(), hi.floor());
+    if hi <= lo {
+        return vec![lo];
+    }
+    let step = ((hi - lo) / 4.0).ceil().max(1.0);
+    let mut v = Vec::new();
+    let mut t = lo;
+    while t <= hi + 1e-9 {
+        v.push(t);
+        t += step;
+    }
+    v
 }
 
 /// Draws `points` (x, y) as a line chart titled `title` with axis label `x_label`, into a PNG
@@ -113,10 +166,22 @@ pub fn line_chart(
     x_label: &str,
     points: &[(f64, f64)],
 ) -> Result<(), EvalError> {
+    line_chart_with(path, title, x_label, points, &ChartOptions::default())
+}
+
+/// [`line_chart`] with [`ChartOptions`]: integer x ticks, labelled baselines.
+pub fn line_chart_with(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    points: &[(f64, f64)],
+    options: &ChartOptions,
+) -> Result<(), EvalError> {
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
     let black = Rgb([0, 0, 0]);
     let grey = Rgb([220, 220, 220]);
     let blue = Rgb([31, 119, 180]);
+    let orange = Rgb([230, 120, 20]);
     text(&mut img, LEFT, 12, title, black);
     let (x0, x1) = (LEFT as f64, (W - RIGHT) as f64);
     let (y0, y1) = (TOP as f64, (H - BOTTOM) as f64);
@@ -137,6 +202,10 @@ pub fn line_chart(
             ymin = ymin.min(y);
             ymax = ymax.max(y);
         }
+        for (_, b) in options.baselines.iter().filter(|(_, b)| b.is_finite()) {
+            ymin = ymin.min(*b);
+            ymax = ymax.max(*b);
+        }
         if xmax <= xmin {
             xmax = xmin + 1.0;
         }
@@ -147,22 +216,33 @@ pub fn line_chart(
         }
         let px = |x: f64| x0 + (x - xmin) / (xmax - xmin) * (x1 - x0);
         let py = |y: f64| y1 - (y - ymin) / (ymax - ymin) * (y1 - y0);
-        for i in 0..=4 {
-            let v = ymin + (ymax - ymin) * i as f64 / 4.0;
-            let y = py(v);
+        let yt = ticks(ymin, ymax, false);
+        for (v, l) in yt.iter().zip(tick_labels(&yt)) {
+            let y = py(*v);
             line(&mut img, (x0, y), (x1, y), grey);
-            text(&mut img, 4, (y as u32).saturating_sub(3), &label(v), black);
+            text(&mut img, 4, (y as u32).saturating_sub(3), &l, black);
         }
-        for i in 0..=4 {
-            let v = xmin + (xmax - xmin) * i as f64 / 4.0;
-            let x = px(v);
+        let xt = ticks(xmin, xmax, options.integer_x);
+        for (v, l) in xt.iter().zip(tick_labels(&xt)) {
+            let x = px(*v);
             line(&mut img, (x, y0), (x, y1), grey);
-            let l = label(v);
             let lx = (x as u32).saturating_sub(3 * l.len() as u32);
             text(&mut img, lx, H - BOTTOM + 6, &l, black);
         }
         line(&mut img, (x0, y1), (x1, y1), black);
         line(&mut img, (x0, y0), (x0, y1), black);
+        for (name, b) in options.baselines.iter().filter(|(_, b)| b.is_finite()) {
+            let y = py(*b);
+            // Dashed: 8 pixels drawn, 6 left out.
+            let mut x = x0;
+            while x < x1 {
+                line(&mut img, (x, y), ((x + 8.0).min(x1), y), orange);
+                x += 14.0;
+            }
+            let l = format!("{name} {}", tick_labels(&[*b])[0]);
+            let lx = (x1 as u32).saturating_sub(6 * l.len() as u32 + 2);
+            text(&mut img, lx, (y as u32).saturating_sub(10), &l, orange);
+        }
         if finite.len() == 1 {
             let (x, y) = (px(finite[0].0), py(finite[0].1));
             for d in -2i32..=2 {
@@ -269,6 +349,54 @@ mod tests {
         assert!(blue > 200, "the line is drawn ({blue} pixels)");
         // The first point (highest loss) is at the top left of the plot area.
         assert_eq!(img.get_pixel(LEFT, TOP).0, [31, 119, 180]);
+    }
+
+    #[test]
+    fn tick_labels_read_well() {
+        // Counts as integers, not `10.000`.
+        assert_eq!(tick_labels(&[0.0, 5.0, 10.0]), ["0", "5", "10"]);
+        // Small learning rates in scientific notation.
+        assert_eq!(tick_labels(&[0.0006, 0.003]), ["6.0e-4", "3.0e-3"]);
+        // Otherwise the fewest decimals that tell the ticks apart.
+        assert_eq!(
+            tick_labels(&[0.0, 0.15, 0.3, 0.45, 0.6]),
+            ["0.00", "0.15", "0.30", "0.45", "0.60"]
+        );
+        assert_eq!(tick_labels(&[34.0, 48.5, 63.0]), ["34.0", "48.5", "63.0"]);
+        assert_eq!(tick_labels(&[5.5452]), ["5.55"]);
+    }
+
+    #[test]
+    fn integer_axes_tick_on_whole_numbers() {
+        assert_eq!(ticks(1.0, 20.0, true), [1.0, 6.0, 11.0, 16.0]);
+        assert_eq!(ticks(0.0, 3.0, true), [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(ticks(2.0, 2.0, true), [2.0]);
+        assert_eq!(ticks(0.0, 1.0, false), [0.0, 0.25, 0.5, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn a_baseline_is_drawn_dashed_across_the_chart_and_in_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("knn.png");
+        let pts: Vec<(f64, f64)> = (1..=10)
+            .map(|e| (e as f64, 40.0 + 5.0 * e as f64))
+            .collect();
+        let options = ChartOptions {
+            integer_x: true,
+            baselines: vec![("RANDOM INIT".into(), 34.0)],
+        };
+        line_chart_with(&p, "KNN", "EPOCH", &pts, &options).expect("chart");
+        let img = image::open(&p).expect("png").to_rgb8();
+        // Below every point: the baseline sets the bottom of the range.
+        let y = H - BOTTOM;
+        let orange = (LEFT..W - RIGHT)
+            .filter(|&x| img.get_pixel(x, y).0 == [230, 120, 20])
+            .count();
+        let span = (W - RIGHT - LEFT) as usize;
+        assert!(
+            orange > span / 2 && orange < span,
+            "dashed across the plot: {orange} of {span} pixels"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use swav_eval::plot::line_chart;
+use swav_eval::plot::{ChartOptions, line_chart_with};
 
 use crate::TrainError;
 
@@ -184,10 +184,22 @@ impl Plots {
             ("lr.png", "LEARNING RATE", "step", "lr", "ITERATION"),
             ("knn.png", "KNN TOP-1 (%)", "epoch", "knn_top1", "EPOCH"),
         ];
+        // The kNN of the same network at random initialisation, measured once by the run.
+        let baseline = self
+            .series("epoch", "knn_baseline_top1")
+            .last()
+            .map(|&(_, b)| b);
         let mut out = Vec::new();
         for (file, title, kind, y, x_label) in plots {
             let p = self.dir.join(file);
-            line_chart(&p, title, x_label, &self.series(kind, y))?;
+            let options = ChartOptions {
+                integer_x: true,
+                baselines: match (y, baseline) {
+                    ("knn_top1", Some(b)) => vec![("RANDOM INIT".to_string(), b)],
+                    _ => Vec::new(),
+                },
+            };
+            line_chart_with(&p, title, x_label, &self.series(kind, y), &options)?;
             out.push(p);
         }
         Ok(out)
