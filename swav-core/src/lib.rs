@@ -24,6 +24,11 @@
 //! assert_eq!(codes.dims(), [2, 3]);
 //! ```
 
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 mod config;
 mod error;
 mod loss;

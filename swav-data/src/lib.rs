@@ -8,6 +8,11 @@
 //! - [`Shapes10`]: the built-in procedurally generated dataset that needs no download.
 //! - [`Loader`]: worker threads, bounded prefetch, deterministic batches grouped by resolution.
 
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 mod binary;
 mod dataset;
 mod error;
