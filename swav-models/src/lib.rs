@@ -27,6 +27,7 @@ mod backbone;
 mod bn_stats;
 mod checkpoint;
 mod error;
+mod export;
 mod head;
 mod import;
 pub mod layers;
@@ -43,6 +44,10 @@ pub use checkpoint::{
     read_checkpoint, write_checkpoint,
 };
 pub use error::ModelError;
+pub use export::{
+    ExportHead, ExportTensor, ExportValues, torchvision_tensors, write_safetensors_export,
+    write_torch_state_dict,
+};
 pub use head::{ProjectionHead, ProjectionHeadConfig, Prototypes, PrototypesConfig};
 pub use import::{
     load_safetensors, load_swav_checkpoint, load_torchvision_resnet, save_safetensors,

@@ -5,6 +5,7 @@
 
 mod bench;
 mod eval;
+mod export;
 mod pretrain;
 mod progress;
 mod signals;
@@ -47,6 +48,9 @@ enum Cmd {
     /// SwAV training-step throughput on random data, on the shapes of the PyTorch peer
     /// (`scripts/peers/torch_swav_step.py`); one JSON line.
     Bench(bench::BenchArgs),
+    /// A checkpoint's weights for PyTorch: torchvision's key names (the original SwAV's for the
+    /// head), as a `.pt` state dict and safetensors.
+    Export(export::ExportArgs),
     /// Semi-supervised fine-tuning on a label subset (the original's 1 % / 10 % recipes).
     Semisup(eval::SemiSupArgs),
     /// Check the workspace's invariants: swav-augment has no burn in its dependency tree,
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
         Cmd::Assign(args) => eval::assign(&args),
         Cmd::Semisup(args) => eval::semisup(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Export(args) => export::run(&args),
     }
 }
 
