@@ -173,3 +173,145 @@ impl Assignments {
         std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
     }
 }
+
+/// What a cluster grid shows: the largest clusters, each with its most confident images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridRow {
+    /// The prototype.
+    pub cluster: usize,
+    /// Images assigned to it.
+    pub size: usize,
+    /// Dataset indices of the images shown, most confident first.
+    pub shown: Vec<usize>,
+    /// Images per label in the cluster (empty without labels).
+    pub labels: Vec<usize>,
+}
+
+/// Tile side in the grid, pixels.
+const TILE: u32 = 48;
+/// Width of the label column on the left of each row.
+const LABEL_W: u32 = 96;
+/// Width of a histogram bar.
+const BAR_W: u32 = 6;
+
+/// Draws the `clusters` largest clusters of `assignments` as rows of their `per_cluster` most
+/// confident images (read again from `dataset`), each row labelled with the prototype and its
+/// size and, when the images are labelled, a histogram of the labels in the cluster (its most
+/// common label in orange, with the share it has); writes the PNG atomically at `path`. The
+/// pictures of the SwAV paper and of VISSL's and lightly's tutorials are drawn this way.
+pub fn cluster_grid<D: ImageDataset + ?Sized>(
+    assignments: &Assignments,
+    dataset: &D,
+    path: &Path,
+    clusters: usize,
+    per_cluster: usize,
+) -> Result<Vec<GridRow>, EvalError> {
+    use image::{Rgb, RgbImage, imageops};
+    if clusters == 0 || per_cluster == 0 {
+        return Err(EvalError::invalid(
+            "grid",
+            "needs at least one cluster and one image per cluster",
+        ));
+    }
+    let mut by_cluster: std::collections::BTreeMap<usize, Vec<&AssignmentRow>> =
+        std::collections::BTreeMap::new();
+    for r in &assignments.rows {
+        by_cluster.entry(r.cluster).or_default().push(r);
+    }
+    let mut order: Vec<(usize, Vec<&AssignmentRow>)> = by_cluster.into_iter().collect();
+    order.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    order.truncate(clusters);
+    let classes = dataset.num_classes().unwrap_or_else(|| {
+        assignments
+            .rows
+            .iter()
+            .filter_map(|r| r.label)
+            .max()
+            .map_or(0, |m| m + 1)
+    });
+    let labelled = assignments.rows.iter().any(|r| r.label.is_some());
+    let hist_w = if labelled {
+        classes as u32 * BAR_W + 8
+    } else {
+        0
+    };
+    let width = LABEL_W + per_cluster as u32 * (TILE + 2) + hist_w + 8;
+    let height = 24 + order.len().max(1) as u32 * (TILE + 6);
+    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let black = Rgb([0, 0, 0]);
+    let blue = Rgb([31, 119, 180]);
+    let orange = Rgb([230, 120, 20]);
+    crate::plot::text(
+        &mut img,
+        4,
+        8,
+        &format!(
+            "LARGEST {} OF {} CLUSTERS, MOST CONFIDENT IMAGES FIRST",
+            order.len(),
+            assignments.clusters_used
+        ),
+        black,
+    );
+    let mut rows = Vec::new();
+    for (i, (cluster, mut members)) in order.into_iter().enumerate() {
+        let y = 24 + i as u32 * (TILE + 6);
+        members.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        crate::plot::text(&mut img, 4, y + 8, &format!("C{cluster}"), black);
+        crate::plot::text(&mut img, 4, y + 20, &format!("N={}", members.len()), black);
+        let mut shown = Vec::new();
+        for (j, r) in members.iter().take(per_cluster).enumerate() {
+            let sample = dataset.get(r.index).map_err(EvalError::from)?;
+            let tile = imageops::resize(&sample.image, TILE, TILE, imageops::FilterType::Triangle);
+            imageops::overlay(
+                &mut img,
+                &tile,
+                i64::from(LABEL_W + j as u32 * (TILE + 2)),
+                i64::from(y),
+            );
+            shown.push(r.index);
+        }
+        let mut labels = vec![0usize; if labelled { classes } else { 0 }];
+        for r in &members {
+            if let Some(l) = r.label.filter(|&l| l < labels.len()) {
+                labels[l] += 1;
+            }
+        }
+        if labelled {
+            let x0 = LABEL_W + per_cluster as u32 * (TILE + 2) + 8;
+            let top = labels.iter().copied().max().unwrap_or(0).max(1);
+            let majority = labels
+                .iter()
+                .enumerate()
+                .max_by_key(|&(_, c)| *c)
+                .map_or(0, |(l, _)| l);
+            for (l, &c) in labels.iter().enumerate() {
+                let h = (c as u32 * (TILE - 12)).div_ceil(top as u32);
+                let colour = if l == majority { orange } else { blue };
+                for yy in (y + TILE - 12 - h)..(y + TILE - 12) {
+                    for xx in 0..BAR_W - 1 {
+                        img.put_pixel(x0 + l as u32 * BAR_W + xx, yy, colour);
+                    }
+                }
+            }
+            let share = 100.0 * labels[majority] as f64 / members.len().max(1) as f64;
+            crate::plot::text(
+                &mut img,
+                x0,
+                y + TILE - 9,
+                &format!("L{majority} {share:.0}%"),
+                black,
+            );
+        }
+        rows.push(GridRow {
+            cluster,
+            size: members.len(),
+            shown,
+            labels,
+        });
+    }
+    let tmp = path.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| EvalError::io(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))?;
+    Ok(rows)
+}

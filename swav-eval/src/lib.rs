@@ -17,7 +17,9 @@ mod knn;
 mod linear;
 pub mod plot;
 
-pub use assign::{AssignmentRow, Assignments, assign_clusters, cluster_purity};
+pub use assign::{
+    AssignmentRow, Assignments, GridRow, assign_clusters, cluster_grid, cluster_purity,
+};
 pub use error::EvalError;
 pub use features::{EvalTransform, ExtractConfig, Features, extract_features};
 pub use knn::{KnnConfig, KnnResult, knn_classify};

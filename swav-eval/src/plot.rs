@@ -67,7 +67,7 @@ fn glyph(c: char) -> [u8; 7] {
     }
 }
 
-fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, color: Rgb<u8>) {
+pub(crate) fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, color: Rgb<u8>) {
     for (i, c) in s.chars().enumerate() {
         let g = glyph(c);
         for (row, bits) in g.iter().enumerate() {

@@ -116,6 +116,16 @@ pub struct AssignArgs {
     /// Assign the training split instead of the test split.
     #[arg(long)]
     pub train_split: bool,
+    /// Also draw the clusters: a PNG with the most confident images of each of the largest
+    /// clusters, and a histogram of their labels when the images are labelled.
+    #[arg(long)]
+    pub grid: bool,
+    /// Clusters in the grid (the largest).
+    #[arg(long, default_value_t = 10)]
+    pub grid_clusters: usize,
+    /// Images per cluster in the grid (the most confident).
+    #[arg(long, default_value_t = 12)]
+    pub grid_images: usize,
 }
 
 /// Where the weights come from.
@@ -381,7 +391,8 @@ fn tag(args: &ModelArgs) -> &'static str {
     }
 }
 
-fn extract_config(config: &TrainConfig, batch: usize) -> Result<ExtractConfig> {
+/// How features are extracted for `config`'s data: its evaluation transform, all cores.
+pub fn extract_config(config: &TrainConfig, batch: usize) -> Result<ExtractConfig> {
     Ok(ExtractConfig {
         batch_size: batch,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -633,6 +644,17 @@ fn assign_with<E: TaskBackbone>(args: &AssignArgs, loaded: Loaded<E>) -> Result<
     println!("skipped files: {}", a.skipped.len());
     println!("assignments: {}", csv.display());
     println!("report: {}", report.display());
+    if args.grid {
+        let png = loaded.out_dir.join(format!("assign_{t}_{split}_grid.png"));
+        let rows =
+            swav_eval::cluster_grid(&a, ds.as_ref(), &png, args.grid_clusters, args.grid_images)?;
+        println!(
+            "cluster grid ({} largest clusters, up to {} images each): {}",
+            rows.len(),
+            args.grid_images,
+            png.display()
+        );
+    }
     Ok(())
 }
 

@@ -216,8 +216,44 @@ impl ModelTask for PretrainTask<'_> {
             );
             std::process::exit(crate::signals::PREEMPTED_EXIT);
         }
-        report(args, config, &outcome.summary)
+        report(args, config, &outcome.summary)?;
+        clusters(config, data, &outcome.model)
     }
+}
+
+/// The trained model's clusters on the labelled test split, drawn (`<run>/clusters.png`): the
+/// largest ten, their most confident images and their labels.
+fn clusters<E: TaskBackbone>(
+    config: &TrainConfig,
+    data: &RunData,
+    model: &swav_models::SwavModel<E>,
+) -> Result<()> {
+    let Some(test) = &data.knn_test else {
+        return Ok(());
+    };
+    let ex = crate::eval::extract_config(config, 256)?;
+    let device = swav_train::device_for(config)?;
+    let a = swav_eval::assign_clusters(
+        model,
+        test.as_ref(),
+        &ex,
+        0,
+        config.swav.temperature,
+        &device,
+    )?;
+    let png = config.run.out_dir.join("clusters.png");
+    let rows = swav_eval::cluster_grid(&a, test.as_ref(), &png, 10, 12)?;
+    println!(
+        "clusters: {} ({} largest of the {} clusters the {} test images fall into{})",
+        png.display(),
+        rows.len(),
+        a.clusters_used,
+        a.rows.len(),
+        a.purity
+            .map(|p| format!("; purity {p:.1}%"))
+            .unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// Prints the run's summary, then the kNN of the same backbone at random initialisation.
