@@ -391,8 +391,7 @@ fn tag(args: &ModelArgs) -> &'static str {
     }
 }
 
-/// How features are extracted for `config`'s data: its evaluation transform, all cores.
-pub fn extract_config(config: &TrainConfig, batch: usize) -> Result<ExtractConfig> {
+fn extract_config(config: &TrainConfig, batch: usize) -> Result<ExtractConfig> {
     Ok(ExtractConfig {
         batch_size: batch,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
