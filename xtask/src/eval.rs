@@ -48,8 +48,8 @@ pub struct ModelArgs {
     /// `--data-kind`); default: the checkpoint's own training data.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Data kind: shapes10, folder, cifar10, cifar100, stl10, mnist.
-    #[arg(long)]
+    /// Data kind.
+    #[arg(long, value_parser = ["shapes10", "folder", "cifar10", "cifar100", "stl10", "mnist"])]
     pub data_kind: Option<String>,
     /// At most this many training images (class-balanced; 0: all).
     #[arg(long, default_value_t = 0)]
@@ -57,14 +57,14 @@ pub struct ModelArgs {
     /// At most this many test images (class-balanced; 0: all).
     #[arg(long, default_value_t = 0)]
     pub test_limit: usize,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
+    /// Images per forward pass of the backbone (feature extraction).
+    #[arg(long = "extract-batch", alias = "batch", default_value_t = 256)]
     pub batch: usize,
     /// Report folder; default `<run folder>/eval` (or `runs/eval`).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Where the network runs: `cpu`, or with a GPU build (`--features wgpu`) `wgpu` / `gpu`
-    /// (the default adapter) or `wgpu:N` (the N-th discrete GPU).
+    /// Where the network runs: cpu; with `--features wgpu` wgpu (or gpu), wgpu:N, vulkan,
+    /// vulkan:N; with `--features cuda` cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -76,7 +76,7 @@ pub struct LinearArgs {
     pub model: ModelArgs,
     /// `cached` (features once, no augmentation: fast) or `protocol` (the original: augmented
     /// images through the frozen backbone every epoch).
-    #[arg(long, default_value = "cached")]
+    #[arg(long, default_value = "cached", value_parser = ["cached", "protocol"])]
     pub mode: String,
     /// Epochs (the protocol's 100 by default).
     #[arg(long)]
@@ -671,7 +671,7 @@ pub struct SemiSupArgs {
     pub subset_list: Option<PathBuf>,
     /// The original's recipe to start from: `10pct` (backbone lr 0.01, head 0.2) or `1pct`
     /// (0.02 and 5).
-    #[arg(long, default_value = "10pct")]
+    #[arg(long, default_value = "10pct", value_parser = ["10pct", "1pct"])]
     pub recipe: String,
     /// Epochs (20; the decay epochs 12 and 16 scale with it).
     #[arg(long)]

@@ -53,6 +53,12 @@ enum Cmd {
     Export(export::ExportArgs),
     /// Semi-supervised fine-tuning on a label subset (the original's 1 % / 10 % recipes).
     Semisup(eval::SemiSupArgs),
+    /// Shell completions for this command (`cargo xtask completions bash > swav-xtask.bash`,
+    /// then `source` it; bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Check the workspace's invariants: swav-augment has no burn in its dependency tree,
     /// workspace dependencies point the documented way, library crates use no global RNG and
     /// no anyhow, every Rust file starts with `//!`.
@@ -70,6 +76,12 @@ fn main() -> Result<()> {
         Cmd::Semisup(args) => eval::semisup(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Export(args) => export::run(&args),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "cargo-xtask", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

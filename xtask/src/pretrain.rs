@@ -20,8 +20,8 @@ pub struct PretrainArgs {
     /// built-in data).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Data kind: shapes10, folder, cifar10, cifar100, stl10, mnist.
-    #[arg(long)]
+    /// Data kind.
+    #[arg(long, value_parser = ["shapes10", "folder", "cifar10", "cifar100", "stl10", "mnist"])]
     pub data_kind: Option<String>,
     /// The run folder (`run.out_dir`).
     #[arg(long)]
@@ -29,11 +29,12 @@ pub struct PretrainArgs {
     /// Number of epochs (`swav.epochs`).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// `cpu` or `wgpu` (`run.device`).
+    /// `run.device`: cpu; with `--features wgpu` wgpu (or gpu), wgpu:N, vulkan, vulkan:N;
+    /// with `--features cuda` cuda, cuda:N.
     #[arg(long)]
     pub device: Option<String>,
     /// Data-parallel workers (`swav.world_size`), each with `batch_size` images: threads on the
-    /// CPU, GPUs 0..N with `--device wgpu`.
+    /// CPU, GPUs 0..N with a GPU device.
     #[arg(long)]
     pub devices: Option<usize>,
     /// Any field: `--set swav.base_lr=0.5 --set batch_size=128` (bare names when unambiguous).
