@@ -1,14 +1,9 @@
 //! `cargo xtask`: the project's entry point for users and for CI.
 //!
-//! Commands: `pretrain` (SwAV pretraining, the built-in demo by default), the evaluations
-//! `linear-eval`, `knn-eval`, `semisup` and `assign`, and `tidy` (the workspace's invariants).
+//! Commands: those of the `swav` binary (`swav-cli`: `pretrain`, the built-in demo by default,
+//! the evaluations `linear-eval`, `knn-eval`, `semisup` and `assign`, `bench`, `export`), and
+//! the developer tasks: `tidy` (the workspace's invariants) and `completions`.
 
-mod bench;
-mod eval;
-mod export;
-mod pretrain;
-mod progress;
-mod signals;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -21,10 +16,6 @@ use anyhow::{Context, Result};
 static ALLOC: swav_engine::BlockCache = swav_engine::BlockCache::new();
 use clap::{Parser, Subcommand};
 
-/// The backbones this binary builds by name (`swav.arch`, and the name a checkpoint stores):
-/// the ResNets and tinynet.
-pub type Registry = swav_models::registry![swav_models::ResNetFamily, swav_tinynet::TinyNetFamily];
-
 /// Tasks of the swav-rs workspace.
 #[derive(Parser)]
 #[command(name = "cargo xtask", version, about)]
@@ -35,24 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// SwAV pretraining: the built-in demo on Shapes10 by default, or `--config FILE` with
-    /// `--data PATH`; prints the kNN accuracy of the trained backbone next to a random one.
-    Pretrain(pretrain::PretrainArgs),
-    /// Linear probe of a checkpoint's frozen backbone (fast cached-feature mode by default,
-    /// `--mode protocol` for the original); JSON report and confusion-matrix PNG.
-    LinearEval(eval::LinearArgs),
-    /// Weighted kNN of a checkpoint's features (k = 20, T = 0.07 and k = 200, T = 0.1).
-    KnnEval(eval::KnnArgs),
-    /// Each image's prototype and code confidence as CSV, with cluster purity.
-    Assign(eval::AssignArgs),
-    /// SwAV training-step throughput on random data, on the shapes of the PyTorch peer
-    /// (`scripts/peers/torch_swav_step.py`); one JSON line.
-    Bench(bench::BenchArgs),
-    /// A checkpoint's weights for PyTorch: torchvision's key names (the original SwAV's for the
-    /// head), as a `.pt` state dict and safetensors.
-    Export(export::ExportArgs),
-    /// Semi-supervised fine-tuning on a label subset (the original's 1 % / 10 % recipes).
-    Semisup(eval::SemiSupArgs),
+    #[command(flatten)]
+    Swav(swav_cli::Command),
     /// Shell completions for this command (`cargo xtask completions bash > swav-xtask.bash`,
     /// then `source` it; bash, zsh, fish, elvish, powershell).
     Completions {
@@ -69,13 +44,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Tidy => tidy::run(&workspace_root()?),
-        Cmd::Pretrain(args) => pretrain::run(&args),
-        Cmd::LinearEval(args) => eval::linear(&args),
-        Cmd::KnnEval(args) => eval::knn(&args),
-        Cmd::Assign(args) => eval::assign(&args),
-        Cmd::Semisup(args) => eval::semisup(&args),
-        Cmd::Bench(args) => bench::run(&args),
-        Cmd::Export(args) => export::run(&args),
+        Cmd::Swav(command) => swav_cli::run(command, Some(&ALLOC)),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -27,6 +27,10 @@ const LIBRARY_CRATES: [&str; 7] = [
     "swav-eval",
 ];
 
+/// The crates that are applications (binaries and the code they share), and tinynet (a
+/// backbone crate checked like a library).
+const APPLICATION_CRATES: [&str; 3] = ["swav-cli", "xtask", "tinynet"];
+
 /// Calls that draw from a process-global or OS-seeded generator. Library code takes a seeded
 /// generator as an argument instead, so runs are reproducible.
 const GLOBAL_RNG_PATTERNS: [&str; 6] = [
@@ -131,7 +135,7 @@ fn check_library_sources(root: &Path) -> Result<Vec<String>> {
 /// Every Rust file of the workspace opens with a `//!` line saying what it holds.
 fn check_file_headers(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for krate in LIBRARY_CRATES.iter().chain(&["xtask", "tinynet"]) {
+    for krate in LIBRARY_CRATES.iter().chain(&APPLICATION_CRATES) {
         for file in rust_files(&root.join(krate))? {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -336,7 +340,7 @@ fn crate_references(text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> 
 /// it back, directly or through others.
 fn check_module_cycles(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for krate in LIBRARY_CRATES.iter().chain(&["xtask", "tinynet"]) {
+    for krate in LIBRARY_CRATES.iter().chain(&APPLICATION_CRATES) {
         let src = root.join(krate).join("src");
         let files = rust_files(&src)?;
         let modules: BTreeSet<String> = files.iter().filter_map(|f| module_of(&src, f)).collect();
@@ -395,15 +399,15 @@ fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
 }
 
 /// `unsafe` code only in swav-engine; the block-caching allocator installed only by binaries
-/// (xtask, `src/bin/`, benches, examples), never by a library.
+/// (xtask, swav-cli, `src/bin/`, benches, examples), never by a library.
 fn check_unsafe_and_allocator(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for krate in LIBRARY_CRATES.iter().chain(&["xtask", "tinynet"]) {
+    for krate in LIBRARY_CRATES.iter().chain(&APPLICATION_CRATES) {
         for file in rust_files(&root.join(krate))? {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let r = rel(root, &file);
-            let binary = *krate == "xtask"
+            let binary = ["xtask", "swav-cli"].contains(krate)
                 || ["/bin/", "/benches/", "/examples/"]
                     .iter()
                     .any(|d| r.contains(d));
@@ -501,7 +505,7 @@ fn check_product_docs(root: &Path) -> Result<Vec<String>> {
             }
         }
     }
-    for krate in LIBRARY_CRATES.iter().chain(&["xtask", "tinynet"]) {
+    for krate in LIBRARY_CRATES.iter().chain(&APPLICATION_CRATES) {
         let readme = root.join(krate).join("README.md");
         if readme.is_file() {
             docs.push(readme);
@@ -517,7 +521,7 @@ fn check_product_docs(root: &Path) -> Result<Vec<String>> {
             }
         }
     }
-    for krate in LIBRARY_CRATES.iter().chain(&["xtask", "tinynet"]) {
+    for krate in LIBRARY_CRATES.iter().chain(&APPLICATION_CRATES) {
         for file in rust_files(&root.join(krate))? {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

@@ -72,6 +72,7 @@ pub struct ModelArgs {
 /// Options of `cargo xtask linear-eval`.
 #[derive(Args, Debug)]
 pub struct LinearArgs {
+    /// The weights, data and device.
     #[command(flatten)]
     pub model: ModelArgs,
     /// `cached` (features once, no augmentation: fast) or `protocol` (the original: augmented
@@ -92,6 +93,7 @@ pub struct LinearArgs {
 /// Options of `cargo xtask knn-eval`.
 #[derive(Args, Debug)]
 pub struct KnnArgs {
+    /// The weights, data and device.
     #[command(flatten)]
     pub model: ModelArgs,
     /// Neighbours (several: `--k 20 --k 200`).
@@ -105,6 +107,7 @@ pub struct KnnArgs {
 /// Options of `cargo xtask assign`.
 #[derive(Args, Debug)]
 pub struct AssignArgs {
+    /// The weights, data and device.
     #[command(flatten)]
     pub model: ModelArgs,
     /// Prototype head.
@@ -660,6 +663,7 @@ fn assign_with<E: TaskBackbone>(args: &AssignArgs, loaded: Loaded<E>) -> Result<
 /// Options of `cargo xtask semisup`.
 #[derive(Args, Debug)]
 pub struct SemiSupArgs {
+    /// The weights, data and device.
     #[command(flatten)]
     pub model: ModelArgs,
     /// A seeded class-balanced fraction of the training labels (0.01 and 0.1 as the paper).

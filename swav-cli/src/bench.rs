@@ -231,7 +231,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     let images = (args.batch * args.workers * args.steps) as f64;
-    let cache = crate::ALLOC.stats();
+    let cache = crate::ALLOC.get().map(|a| a.stats());
     println!(
         "{}",
         serde_json::json!({
@@ -245,10 +245,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "gradient_combine_ms": (1000.0 * exchange / args.steps as f64 * 100.0).round() / 100.0,
             "first_step_s": first_step_s.map(|t| (t * 100.0).round() / 100.0),
             "loss": last,
-            "block_cache": {
-                "hits": cache.hits, "misses": cache.misses,
-                "held_mib": cache.held_bytes >> 20, "budget_mib": cache.budget_bytes >> 20,
-            },
+            "block_cache": cache.map(|c| serde_json::json!({
+                "hits": c.hits, "misses": c.misses,
+                "held_mib": c.held_bytes >> 20, "budget_mib": c.budget_bytes >> 20,
+            })),
         })
     );
     Ok(())

@@ -1,0 +1,67 @@
+//! The commands of the `swav` binary, shared with `cargo xtask` (which adds the developer
+//! tasks): `pretrain` (SwAV pretraining, the built-in demo by default), the evaluations
+//! `linear-eval`, `knn-eval`, `semisup` and `assign`, `bench` and `export`.
+//!
+//! An application crate: its library exists so that both binaries run the same code, and it
+//! reports errors with `anyhow` as binaries do.
+
+pub mod bench;
+pub mod eval;
+pub mod export;
+pub mod pretrain;
+mod progress;
+mod signals;
+
+use std::sync::OnceLock;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+pub use pretrain::PretrainArgs;
+
+/// The backbones the binaries build by name (`swav.arch`, and the name a checkpoint stores):
+/// the ResNets and tinynet.
+pub type Registry = swav_models::registry![swav_models::ResNetFamily, swav_tinynet::TinyNetFamily];
+
+/// The binary's block-caching allocator, for `bench` to report on.
+static ALLOC: OnceLock<&'static swav_engine::BlockCache> = OnceLock::new();
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// SwAV pretraining: the built-in demo on Shapes10 by default, or `--config FILE` with
+    /// `--data PATH`; prints the kNN accuracy of the trained backbone next to a random one.
+    Pretrain(pretrain::PretrainArgs),
+    /// Linear probe of a checkpoint's frozen backbone (fast cached-feature mode by default,
+    /// `--mode protocol` for the original); JSON report and confusion-matrix PNG.
+    LinearEval(eval::LinearArgs),
+    /// Weighted kNN of a checkpoint's features (k = 20, T = 0.07 and k = 200, T = 0.1).
+    KnnEval(eval::KnnArgs),
+    /// Each image's prototype and code confidence as CSV, with cluster purity; `--grid` draws
+    /// the clusters.
+    Assign(eval::AssignArgs),
+    /// SwAV training-step throughput on random data, on the shapes of the PyTorch peer
+    /// (`scripts/peers/torch_swav_step.py`), or the loader's (`--loader DIR`); one JSON line.
+    Bench(bench::BenchArgs),
+    /// A checkpoint's weights for PyTorch: torchvision's key names (the original SwAV's for the
+    /// head), as a `.pt` state dict and safetensors.
+    Export(export::ExportArgs),
+    /// Semi-supervised fine-tuning on a label subset (the original's 1 % / 10 % recipes).
+    Semisup(eval::SemiSupArgs),
+}
+
+/// Runs `command`; `alloc` is the binary's global allocator (reported by `bench`).
+pub fn run(command: Command, alloc: Option<&'static swav_engine::BlockCache>) -> Result<()> {
+    if let Some(a) = alloc {
+        let _ = ALLOC.set(a);
+    }
+    match command {
+        Command::Pretrain(args) => pretrain::run(&args),
+        Command::LinearEval(args) => eval::linear(&args),
+        Command::KnnEval(args) => eval::knn(&args),
+        Command::Assign(args) => eval::assign(&args),
+        Command::Semisup(args) => eval::semisup(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Export(args) => export::run(&args),
+    }
+}
