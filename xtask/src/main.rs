@@ -24,6 +24,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once at start: the size of the arguments' variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     #[command(flatten)]
