@@ -65,6 +65,90 @@ pub struct BenchArgs {
     /// The loader's augmentation preset (`data.augment`: swav, cifar, stl10, ...).
     #[arg(long, default_value = "swav")]
     pub augment: String,
+    /// Measure the linear probe (cached mode, streamed from a feature file) instead of the
+    /// step, at this shape: `ROWS,DIM,CLASSES` (ImageNet: 1281167,2048,1000), seeded random
+    /// features and labels, batches of `--batch`, on `--device`; 10,000 test rows.
+    #[arg(long, value_name = "ROWS,DIM,CLASSES")]
+    pub probe: Option<String>,
+    /// The feature file of `--probe` (created when missing; default: a temporary one).
+    #[arg(long)]
+    pub probe_file: Option<std::path::PathBuf>,
+    /// Epochs of `--probe`.
+    #[arg(long, default_value_t = 1)]
+    pub probe_epochs: usize,
+}
+
+/// The streamed linear probe at a given shape: random features written once to a feature file,
+/// then `--probe-epochs` epochs timed.
+fn probe_bench(args: &BenchArgs, shape: &str) -> Result<()> {
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(|v| v.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--probe `{shape}`: expected ROWS,DIM,CLASSES"))?;
+    let [rows, dim, classes] = dims[..] else {
+        bail!("--probe `{shape}`: expected ROWS,DIM,CLASSES");
+    };
+    let tmp = std::env::temp_dir().join(format!("swav-probe-{rows}x{dim}.features"));
+    let path = args.probe_file.clone().unwrap_or(tmp.clone());
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let written = Instant::now();
+    let file = match swav_eval::FeatureFile::open(&path) {
+        Ok(f) if f.len() == rows && f.dim() == dim => f,
+        _ => {
+            let mut w = swav_eval::FeatureWriter::create(&path, dim)?;
+            let chunk = 4096;
+            let mut i = 0;
+            while i < rows {
+                let n = chunk.min(rows - i);
+                let values: Vec<f32> = (0..n * dim)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let labels: Vec<Option<usize>> = (i..i + n).map(|r| Some(r % classes)).collect();
+                w.append(&values, &labels)?;
+                i += n;
+            }
+            w.finish()?
+        }
+    };
+    let write_s = written.elapsed().as_secs_f64();
+    let test_rows = 10_000usize;
+    let test = swav_eval::Features {
+        values: (0..test_rows * dim)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect(),
+        dim,
+        labels: (0..test_rows).map(|r| Some(r % classes)).collect(),
+        indices: (0..test_rows).collect(),
+        skipped: Vec::new(),
+    };
+    let mut cfg = TrainConfig::default();
+    cfg.run.device = args.device.clone();
+    let device = swav_train::device_for(&cfg)?;
+    let config = swav_eval::LinearProbeConfig {
+        epochs: args.probe_epochs,
+        batch_size: args.batch,
+        ..swav_eval::LinearProbeConfig::default()
+    };
+    let t = Instant::now();
+    let r = swav_eval::linear_probe_streamed(&file, &test, classes, &config, &device)?;
+    let secs = t.elapsed().as_secs_f64();
+    let epoch_s = secs / args.probe_epochs as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "swav-rs", "check": "linear-probe", "rows": rows, "dim": dim,
+            "classes": classes, "batch": args.batch, "epochs": args.probe_epochs,
+            "device": args.device, "backend": swav_engine::backend_name(&device),
+            "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "feature_file": path.display().to_string(), "feature_file_write_s": (write_s * 10.0).round() / 10.0,
+            "seconds": (secs * 10.0).round() / 10.0, "epoch_s": (epoch_s * 10.0).round() / 10.0,
+            "images_per_s": (rows as f64 * args.probe_epochs as f64 / secs).round(),
+            "hundred_epochs_h": (epoch_s * 100.0 / 3600.0 * 100.0).round() / 100.0,
+            "last_train_loss": r.epochs.last().map(|e| e.train_loss),
+        })
+    );
+    Ok(())
 }
 
 /// The loader's throughput on a folder: images per second through decode, multi-crop
@@ -147,6 +231,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if let Some(dir) = &args.loader {
         return loader_bench(args, dir, &crops);
+    }
+    if let Some(shape) = &args.probe {
+        return probe_bench(args, shape);
     }
     let started = Instant::now();
     let mut cfg = TrainConfig::default();

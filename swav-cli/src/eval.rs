@@ -88,6 +88,11 @@ pub struct LinearArgs {
     /// Batch size of the classifier (the protocol's 256 by default).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Cached mode: keep the training features in a file on disk (`<out>/train.features`)
+    /// and stream mini-batches from it, for feature sets larger than memory (ImageNet's 1.28 M
+    /// x 2048 floats are 10.5 GB). Chosen by itself when they would take over 4 GiB.
+    #[arg(long)]
+    pub features_on_disk: bool,
 }
 
 /// Options of `cargo xtask knn-eval`.
@@ -425,9 +430,31 @@ fn linear_with<E: TaskBackbone>(args: &LinearArgs, loaded: Loaded<E>) -> Result<
     let test_f = extract_features(&loaded.model.backbone, test.as_ref(), &ex, &device)?;
     let (result, skipped_train) = match mode {
         ProbeMode::Cached => {
-            let train_f = extract_features(&loaded.model.backbone, train.as_ref(), &ex, &device)?;
-            let r = linear_probe_cached(&train_f, &test_f, classes, &probe)?;
-            (r, train_f.skipped)
+            let bytes = train.len() as u64 * test_f.dim as u64 * 4;
+            if args.features_on_disk || bytes > 4 << 30 {
+                std::fs::create_dir_all(&loaded.out_dir)
+                    .with_context(|| format!("creating {}", loaded.out_dir.display()))?;
+                let path = loaded.out_dir.join("train.features");
+                eprintln!(
+                    "training features on disk: {} ({:.1} GB), streamed in mini-batches",
+                    path.display(),
+                    bytes as f64 / 1e9
+                );
+                let (file, skipped) = swav_eval::extract_features_to_file(
+                    &loaded.model.backbone,
+                    train.as_ref(),
+                    &ex,
+                    &device,
+                    &path,
+                )?;
+                let r = swav_eval::linear_probe_streamed(&file, &test_f, classes, &probe, &device)?;
+                (r, skipped)
+            } else {
+                let train_f =
+                    extract_features(&loaded.model.backbone, train.as_ref(), &ex, &device)?;
+                let r = linear_probe_cached(&train_f, &test_f, classes, &probe, &device)?;
+                (r, train_f.skipped)
+            }
         }
         ProbeMode::Protocol => {
             let aug = ProbeAugment::original(ex.transform.crop, ex.transform.normalize);

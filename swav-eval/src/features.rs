@@ -310,3 +310,36 @@ where
     }
     Ok(out)
 }
+
+/// [`extract_features`] straight into a feature file at `path` (batch by batch, so the
+/// features never need to fit in memory); returns the file and the unreadable samples.
+#[allow(clippy::type_complexity)]
+pub fn extract_features_to_file<B, D>(
+    backbone: &B,
+    dataset: &D,
+    config: &ExtractConfig,
+    device: &Device,
+    path: &std::path::Path,
+) -> Result<(crate::FeatureFile, Vec<(usize, String, String)>), EvalError>
+where
+    B: Backbone + Module,
+    D: ImageDataset + Sync + ?Sized,
+{
+    config.transform.validate()?;
+    if config.batch_size == 0 {
+        return Err(EvalError::invalid("batch_size", "must be at least 1"));
+    }
+    let net = backbone.valid();
+    let side = config.transform.crop as usize;
+    let mut writer = crate::FeatureWriter::create(path, net.feature_dim())?;
+    let mut skipped = Vec::new();
+    let all: Vec<usize> = (0..dataset.len()).collect();
+    let write = eval_writer(config.transform);
+    for chunk in all.chunks(config.batch_size) {
+        let b = prepare_batch(dataset, chunk, side, config.workers, &write, device);
+        skipped.extend(b.skipped);
+        let Some(x) = b.images else { continue };
+        writer.append(&floats(net.forward_features(x), "features")?, &b.labels)?;
+    }
+    Ok((writer.finish()?, skipped))
+}

@@ -12,18 +12,23 @@
 
 mod assign;
 mod error;
+mod feature_file;
 mod features;
 mod knn;
 mod linear;
 pub mod plot;
+mod probe_tensor;
 
 pub use assign::{
     AssignmentRow, Assignments, GridRow, assign_clusters, cluster_grid, cluster_purity,
 };
 pub use error::EvalError;
-pub use features::{EvalTransform, ExtractConfig, Features, extract_features};
+pub use feature_file::{FeatureFile, FeatureWriter};
+pub use features::{
+    EvalTransform, ExtractConfig, Features, extract_features, extract_features_to_file,
+};
 pub use knn::{KnnConfig, KnnResult, knn_classify};
 pub use linear::{
     Accuracy, LinearClassifier, LinearProbeConfig, LinearProbeResult, ProbeAugment, ProbeEpoch,
-    ProbeMode, linear_probe_cached, linear_probe_protocol,
+    ProbeMode, linear_probe_cached, linear_probe_protocol, linear_probe_streamed,
 };

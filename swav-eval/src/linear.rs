@@ -280,23 +280,27 @@ impl LinearClassifier {
 
     /// Top-1, top-5 and confusion matrix on `x` (`n x dim`) with `labels`.
     pub fn evaluate(&self, x: &[f32], labels: &[usize]) -> Accuracy {
-        let k = self.classes;
-        let top = k.min(5);
-        let mut confusion = vec![vec![0usize; k]; k];
-        let (mut c1, mut c5) = (0usize, 0usize);
-        for (row, &y) in self.logits(x).chunks(k).zip(labels) {
-            let mut order: Vec<usize> = (0..k).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            confusion[y][order[0]] += 1;
-            c1 += usize::from(order[0] == y);
-            c5 += usize::from(order[..top].contains(&y));
-        }
-        let n = labels.len().max(1) as f64;
-        Accuracy {
-            top1: 100.0 * c1 as f64 / n,
-            top5: 100.0 * c5 as f64 / n,
-            confusion,
-        }
+        accuracy_of(&self.logits(x), self.classes, labels)
+    }
+}
+
+/// Top-1, top-5 and the confusion matrix of `logits` (`n x k`) against `labels`.
+pub(crate) fn accuracy_of(logits: &[f32], k: usize, labels: &[usize]) -> Accuracy {
+    let top = k.min(5);
+    let mut confusion = vec![vec![0usize; k]; k];
+    let (mut c1, mut c5) = (0usize, 0usize);
+    for (row, &y) in logits.chunks(k).zip(labels) {
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        confusion[y][order[0]] += 1;
+        c1 += usize::from(order[0] == y);
+        c5 += usize::from(order[..top].contains(&y));
+    }
+    let n = labels.len().max(1) as f64;
+    Accuracy {
+        top1: 100.0 * c1 as f64 / n,
+        top5: 100.0 * c5 as f64 / n,
+        confusion,
     }
 }
 
@@ -354,8 +358,10 @@ pub(crate) fn checked_labels(
 /// return the features of the samples `order` (dataset positions) in that order. Shared by
 /// both modes; the cached mode slices stored features, the protocol mode extracts augmented
 /// ones.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_probe<F>(
     mode: ProbeMode,
+    device: &burn::tensor::Device,
     config: &LinearProbeConfig,
     dim: usize,
     classes: usize,
@@ -380,7 +386,8 @@ where
         ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut clf = LinearClassifier::new(dim, classes, config.init_std, &mut rng);
+    let init = LinearClassifier::new(dim, classes, config.init_std, &mut rng);
+    let mut clf = crate::probe_tensor::TensorLinear::from_host(&init, device);
     let mut order: Vec<usize> = (0..train_labels.len()).collect();
     let mut epochs = Vec::with_capacity(config.epochs);
     let mut best = (f64::MIN, 0.0, 0usize);
@@ -390,15 +397,19 @@ where
         order.shuffle(&mut rng);
         let (mut loss, mut steps) = (0f64, 0usize);
         for chunk in order.chunks(config.batch_size) {
-            let (x, kept) = batch_features(epoch, chunk)?;
+            // A batch is a set: its rows in ascending order read a feature file front to back.
+            let mut chunk = chunk.to_vec();
+            chunk.sort_unstable();
+            let (x, kept) = batch_features(epoch, &chunk)?;
             if kept.is_empty() {
                 continue;
             }
             let y: Vec<usize> = kept.iter().map(|&i| train_labels[i]).collect();
-            loss += clf.step(&x, &y, lr, config.momentum, config.weight_decay);
+            clf.step(&x, &y, lr, config.momentum, config.weight_decay)?;
             steps += 1;
         }
-        let acc = clf.evaluate(test.0, test.1);
+        loss += clf.take_loss()?;
+        let acc = clf.evaluate(test.0, test.1)?;
         if acc.top1 > best.0 {
             best = (acc.top1, acc.top5, epoch);
         }
@@ -428,12 +439,14 @@ where
 }
 
 /// The fast mode: trains the probe on cached training features (`train`, extracted once
-/// without augmentation) and evaluates on `test` after every epoch.
+/// without augmentation) on `device`, in mini-batches, and evaluates on `test` after every
+/// epoch.
 pub fn linear_probe_cached(
     train: &Features,
     test: &Features,
     classes: usize,
     config: &LinearProbeConfig,
+    device: &burn::tensor::Device,
 ) -> Result<LinearProbeResult, EvalError> {
     if train.dim != test.dim {
         return Err(EvalError::invalid(
@@ -449,6 +462,7 @@ pub fn linear_probe_cached(
     let dim = train.dim;
     run_probe(
         ProbeMode::Cached,
+        device,
         config,
         dim,
         classes,
@@ -459,6 +473,62 @@ pub fn linear_probe_cached(
             for &i in order {
                 x.extend_from_slice(train.row(i));
             }
+            Ok((x, order.to_vec()))
+        },
+    )
+}
+
+/// The fast mode over features on disk: as [`linear_probe_cached`], with the training rows
+/// read from `train` in mini-batches (shuffled every epoch), so the features need not fit in
+/// memory; the classifier trains on `device`.
+pub fn linear_probe_streamed(
+    train: &crate::FeatureFile,
+    test: &Features,
+    classes: usize,
+    config: &LinearProbeConfig,
+    device: &burn::tensor::Device,
+) -> Result<LinearProbeResult, EvalError> {
+    if train.dim() != test.dim {
+        return Err(EvalError::invalid(
+            "features",
+            format!(
+                "training features have {} dimensions, test features {}",
+                train.dim(),
+                test.dim
+            ),
+        ));
+    }
+    let mut ytr = Vec::with_capacity(train.len());
+    for (i, l) in train.labels().iter().enumerate() {
+        match l {
+            Some(l) if *l < classes => ytr.push(*l),
+            Some(l) => {
+                return Err(EvalError::invalid(
+                    "train labels",
+                    format!("row {i} has label {l}, but there are {classes} classes"),
+                ));
+            }
+            None => {
+                return Err(EvalError::invalid(
+                    "train labels",
+                    format!("row {i} of {} has no label", train.path().display()),
+                ));
+            }
+        }
+    }
+    let yte = checked_labels(test, classes, "test labels")?;
+    let dim = train.dim();
+    run_probe(
+        ProbeMode::Cached,
+        device,
+        config,
+        dim,
+        classes,
+        &ytr,
+        (&test.values, &yte),
+        |_, order| {
+            let mut x = Vec::with_capacity(order.len() * dim);
+            train.read_rows(order, &mut x)?;
             Ok((x, order.to_vec()))
         },
     )
@@ -545,6 +615,7 @@ where
     let mut skipped: std::collections::BTreeMap<usize, (String, String)> = Default::default();
     let result = run_probe(
         ProbeMode::Protocol,
+        device,
         config,
         dim,
         classes,

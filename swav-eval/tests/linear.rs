@@ -80,7 +80,8 @@ fn separable_features_are_learned_to_near_100_percent() {
     let c = centres(10, 32, &mut rng);
     let train = blobs(2000, 10, 32, 4.0, false, &mut rng, &c);
     let test = blobs(500, 10, 32, 4.0, false, &mut rng, &c);
-    let r = linear_probe_cached(&train, &test, 10, &quick()).expect("probe");
+    let r = linear_probe_cached(&train, &test, 10, &quick(), &burn::tensor::Device::flex())
+        .expect("probe");
     assert_eq!(r.mode, ProbeMode::Cached);
     assert!(r.best_top1 > 99.0, "best top-1 {}", r.best_top1);
     assert!(r.last.top1 > 99.0, "last top-1 {}", r.last.top1);
@@ -100,7 +101,8 @@ fn random_labels_stay_at_chance_on_the_test_set() {
     let c = centres(10, 32, &mut rng);
     let train = blobs(2000, 10, 32, 4.0, true, &mut rng, &c);
     let test = blobs(2000, 10, 32, 4.0, true, &mut rng, &c);
-    let r = linear_probe_cached(&train, &test, 10, &quick()).expect("probe");
+    let r = linear_probe_cached(&train, &test, 10, &quick(), &burn::tensor::Device::flex())
+        .expect("probe");
     // Chance is 10 %; 2,000 test samples give a standard deviation of about 0.7 %.
     assert!(
         r.last.top1 > 6.0 && r.last.top1 < 14.0,
@@ -169,12 +171,15 @@ fn bad_inputs_are_refused_by_name() {
         epochs: 0,
         ..quick()
     };
-    let e = linear_probe_cached(&train, &test, 3, &zero).expect_err("0 epochs");
+    let e = linear_probe_cached(&train, &test, 3, &zero, &burn::tensor::Device::flex())
+        .expect_err("0 epochs");
     assert!(e.to_string().contains("epochs"), "{e}");
-    let e = linear_probe_cached(&train, &test, 2, &quick()).expect_err("label 2 of 2 classes");
+    let e = linear_probe_cached(&train, &test, 2, &quick(), &burn::tensor::Device::flex())
+        .expect_err("label 2 of 2 classes");
     assert!(e.to_string().contains("label 2"), "{e}");
     test.labels[4] = None;
-    let e = linear_probe_cached(&train, &test, 3, &quick()).expect_err("unlabeled");
+    let e = linear_probe_cached(&train, &test, 3, &quick(), &burn::tensor::Device::flex())
+        .expect_err("unlabeled");
     assert!(e.to_string().contains("no label"), "{e}");
 }
 
@@ -185,4 +190,34 @@ fn purity_counts_each_clusters_majority() {
     let p = cluster_purity(&pairs).expect("labelled");
     assert!((p - 400.0 / 6.0).abs() < 1e-9);
     assert_eq!(cluster_purity(&[]), None);
+}
+
+/// Features written to disk and streamed back in mini-batches train the same probe as the same
+/// features in memory (same shuffles, same batches, same steps); a damaged file is refused.
+#[test]
+fn the_streamed_probe_equals_the_in_memory_one() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let c = centres(10, 32, &mut rng);
+    let train = blobs(1000, 10, 32, 4.0, false, &mut rng, &c);
+    let test = blobs(300, 10, 32, 4.0, false, &mut rng, &c);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = train
+        .write_file(dir.path().join("train.features"))
+        .expect("feature file");
+    assert_eq!((file.len(), file.dim()), (1000, 32));
+    let device = burn::tensor::Device::flex();
+    let a = linear_probe_cached(&train, &test, 10, &quick(), &device).expect("in memory");
+    let b =
+        swav_eval::linear_probe_streamed(&file, &test, 10, &quick(), &device).expect("streamed");
+    assert_eq!(a, b);
+    assert!(a.best_top1 > 95.0, "{}", a.best_top1);
+    // A file cut short is refused with its name and sizes.
+    let cut = dir.path().join("cut.features");
+    let bytes = std::fs::read(file.path()).expect("read");
+    std::fs::write(&cut, &bytes[..bytes.len() - 8]).expect("write");
+    let e = swav_eval::FeatureFile::open(&cut)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("cut.features") && e.contains("rows"), "{e}");
 }
