@@ -10,6 +10,7 @@
 //! - [`assign_clusters`]: each image's prototype and code confidence, and cluster purity.
 //! - [`plot`]: PNG line charts and confusion matrices.
 
+mod accuracy;
 mod assign;
 mod error;
 mod feature_file;

@@ -19,6 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::EvalError;
+pub use crate::accuracy::Accuracy;
+use crate::accuracy::accuracy_of;
 use crate::features::Features;
 
 /// How the training features are made.
@@ -124,17 +126,6 @@ impl LinearProbeConfig {
         let t = epoch as f64 / self.epochs as f64;
         self.final_lr + 0.5 * (self.lr - self.final_lr) * (1.0 + (std::f64::consts::PI * t).cos())
     }
-}
-
-/// Accuracy figures of one evaluation of the classifier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Accuracy {
-    /// Top-1, percent.
-    pub top1: f64,
-    /// Top-5 (top-k with k = number of classes when fewer than 5), percent.
-    pub top5: f64,
-    /// `confusion[true][predicted]` counts.
-    pub confusion: Vec<Vec<usize>>,
 }
 
 /// One epoch of the probe.
@@ -284,26 +275,6 @@ impl LinearClassifier {
     }
 }
 
-/// Top-1, top-5 and the confusion matrix of `logits` (`n x k`) against `labels`.
-pub(crate) fn accuracy_of(logits: &[f32], k: usize, labels: &[usize]) -> Accuracy {
-    let top = k.min(5);
-    let mut confusion = vec![vec![0usize; k]; k];
-    let (mut c1, mut c5) = (0usize, 0usize);
-    for (row, &y) in logits.chunks(k).zip(labels) {
-        let mut order: Vec<usize> = (0..k).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        confusion[y][order[0]] += 1;
-        c1 += usize::from(order[0] == y);
-        c5 += usize::from(order[..top].contains(&y));
-    }
-    let n = labels.len().max(1) as f64;
-    Accuracy {
-        top1: 100.0 * c1 as f64 / n,
-        top5: 100.0 * c5 as f64 / n,
-        confusion,
-    }
-}
-
 /// PyTorch's SGD update of one tensor.
 fn sgd(
     param: &mut [f32],
@@ -387,7 +358,8 @@ where
     }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let init = LinearClassifier::new(dim, classes, config.init_std, &mut rng);
-    let mut clf = crate::probe_tensor::TensorLinear::from_host(&init, device);
+    let mut clf =
+        crate::probe_tensor::TensorLinear::new((dim, classes), &init.weight, &init.bias, device);
     let mut order: Vec<usize> = (0..train_labels.len()).collect();
     let mut epochs = Vec::with_capacity(config.epochs);
     let mut best = (f64::MIN, 0.0, 0usize);
@@ -649,4 +621,45 @@ where
     )?;
     let skipped = skipped.into_iter().map(|(i, (f, w))| (i, f, w)).collect();
     Ok((result, skipped))
+}
+
+#[cfg(test)]
+mod tensor_tests {
+    use super::*;
+    use crate::probe_tensor::TensorLinear;
+    use burn::tensor::Device;
+
+    /// The tensor classifier takes the same SGD steps as the scalar reference (PyTorch's SGD
+    /// with momentum and weight decay on mean cross-entropy).
+    #[test]
+    fn tensor_steps_equal_the_scalar_reference() {
+        let (dim, classes, n) = (12, 5, 16);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut host = LinearClassifier::new(dim, classes, 0.1, &mut rng);
+        let device = Device::flex();
+        let mut t = TensorLinear::new((dim, classes), &host.weight, &host.bias, &device);
+        for step in 0..6 {
+            let x: Vec<f32> = (0..n * dim)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let y: Vec<usize> = (0..n).map(|i| (i + step) % classes).collect();
+            let loss = host.step(&x, &y, 0.3, 0.9, 1e-3);
+            t.step(&x, &y, 0.3, 0.9, 1e-3).expect("step");
+            let tl = t.take_loss().expect("loss");
+            assert!((loss - tl).abs() < 1e-5, "step {step}: loss {loss} vs {tl}");
+        }
+        // Weights `[dim, classes]` on the device, `classes x dim` on the host.
+        let (w, b) = t.weights().expect("weights");
+        for (a, b) in w.iter().zip(&host.weight) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        for (a, c) in b.iter().zip(&host.bias) {
+            assert!((a - c).abs() < 1e-5, "{a} vs {c}");
+        }
+        let x: Vec<f32> = (0..n * dim)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let y: Vec<usize> = (0..n).map(|i| i % classes).collect();
+        assert_eq!(t.evaluate(&x, &y).expect("eval"), host.evaluate(&x, &y));
+    }
 }

@@ -6,7 +6,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::EvalError;
-use crate::linear::{Accuracy, LinearClassifier};
+use crate::accuracy::{Accuracy, accuracy_of};
 
 /// A Linear layer `dim -> classes` with its momentum buffers, on a device.
 pub(crate) struct TensorLinear {
@@ -23,13 +23,17 @@ pub(crate) struct TensorLinear {
 }
 
 impl TensorLinear {
-    /// The classifier `host` (its initial weights) on `device`.
-    pub(crate) fn from_host(host: &LinearClassifier, device: &Device) -> Self {
-        let (dim, classes) = (host.dim, host.classes);
-        let w =
-            Tensor::<2>::from_data(TensorData::new(host.weight.clone(), [classes, dim]), device)
-                .transpose();
-        let b = Tensor::<1>::from_data(TensorData::new(host.bias.clone(), [classes]), device);
+    /// A classifier `dim -> classes` on `device` with `weight` (row-major `classes x dim`,
+    /// PyTorch's layout) and `bias`.
+    pub(crate) fn new(
+        (dim, classes): (usize, usize),
+        weight: &[f32],
+        bias: &[f32],
+        device: &Device,
+    ) -> Self {
+        let w = Tensor::<2>::from_data(TensorData::new(weight.to_vec(), [classes, dim]), device)
+            .transpose();
+        let b = Tensor::<1>::from_data(TensorData::new(bias.to_vec(), [classes]), device);
         Self {
             dim,
             classes,
@@ -124,6 +128,14 @@ impl TensorLinear {
         }
     }
 
+    /// The weights (row-major `classes x dim`) and the bias, read back.
+    #[cfg(test)]
+    pub(crate) fn weights(&self) -> Result<(Vec<f32>, Vec<f32>), EvalError> {
+        let w = crate::features::floats(self.w.clone().transpose(), "weights")?;
+        let b = crate::features::floats(self.b.clone().reshape([1, self.classes]), "bias")?;
+        Ok((w, b))
+    }
+
     /// Top-1, top-5 and the confusion matrix on `x` (`n x dim`), in chunks of rows.
     pub(crate) fn evaluate(&self, x: &[f32], labels: &[usize]) -> Result<Accuracy, EvalError> {
         let mut logits = Vec::with_capacity(labels.len() * self.classes);
@@ -132,48 +144,6 @@ impl TensorLinear {
             let l = t.matmul(self.w.clone()).add(self.b.clone().unsqueeze());
             logits.extend(crate::features::floats(l, "logits")?);
         }
-        Ok(crate::linear::accuracy_of(&logits, self.classes, labels))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    /// The tensor classifier takes the same SGD steps as the scalar reference (PyTorch's SGD
-    /// with momentum and weight decay on mean cross-entropy).
-    #[test]
-    fn tensor_steps_equal_the_scalar_reference() {
-        let (dim, classes, n) = (12, 5, 16);
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let mut host = LinearClassifier::new(dim, classes, 0.1, &mut rng);
-        let device = Device::flex();
-        let mut t = TensorLinear::from_host(&host, &device);
-        for step in 0..6 {
-            let x: Vec<f32> = (0..n * dim)
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect();
-            let y: Vec<usize> = (0..n).map(|i| (i + step) % classes).collect();
-            let loss = host.step(&x, &y, 0.3, 0.9, 1e-3);
-            t.step(&x, &y, 0.3, 0.9, 1e-3).expect("step");
-            let tl = t.take_loss().expect("loss");
-            assert!((loss - tl).abs() < 1e-5, "step {step}: loss {loss} vs {tl}");
-        }
-        // Weights `[dim, classes]` on the device, `classes x dim` on the host.
-        let w = crate::features::floats(t.w.clone().transpose(), "w").expect("w");
-        for (a, b) in w.iter().zip(&host.weight) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-        }
-        let b = crate::features::floats(t.b.clone().reshape([1, classes]), "b").expect("b");
-        for (a, c) in b.iter().zip(&host.bias) {
-            assert!((a - c).abs() < 1e-5, "{a} vs {c}");
-        }
-        let x: Vec<f32> = (0..n * dim)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
-        let y: Vec<usize> = (0..n).map(|i| i % classes).collect();
-        assert_eq!(t.evaluate(&x, &y).expect("eval"), host.evaluate(&x, &y));
+        Ok(accuracy_of(&logits, self.classes, labels))
     }
 }
