@@ -10,17 +10,15 @@ use crate::pretrain::{data_overrides, folder_if_path};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use swav_eval::{
-    ExtractConfig, KnnConfig, LinearProbeConfig, ProbeAugment, ProbeMode, assign_clusters,
-    extract_features, knn_classify, linear_probe_cached, linear_probe_protocol,
-    plot::confusion_chart,
+    KnnConfig, LinearProbeConfig, ProbeAugment, ProbeMode, assign_clusters, extract_features,
+    knn_classify, linear_probe_cached, linear_probe_protocol, plot::confusion_chart,
 };
 use swav_models::{
     BackboneRegistry, BuildBackbone, ModelTask, SwavModel, SwavModelSpec, TaskBackbone,
     load_swav_checkpoint, read_checkpoint,
 };
 use swav_train::{
-    CHECKPOINT_FILE, TrainConfig, checkpoint_config, device_for, eval_transform_for, open_data,
-    seeded_init,
+    CHECKPOINT_FILE, TrainConfig, checkpoint_config, device_for, open_data, seeded_init,
 };
 
 /// Which model to evaluate and on what data (shared by the evaluation commands).
@@ -399,14 +397,6 @@ fn tag(args: &ModelArgs) -> &'static str {
     }
 }
 
-fn extract_config(config: &TrainConfig, batch: usize) -> Result<ExtractConfig> {
-    Ok(ExtractConfig {
-        batch_size: batch,
-        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        transform: eval_transform_for(config)?,
-    })
-}
-
 /// `cargo xtask linear-eval` with the loaded model.
 fn linear_with<E: TaskBackbone>(args: &LinearArgs, loaded: Loaded<E>) -> Result<()> {
     let mode: ProbeMode = args.mode.parse()?;
@@ -424,7 +414,7 @@ fn linear_with<E: TaskBackbone>(args: &LinearArgs, loaded: Loaded<E>) -> Result<
     let m = &args.model;
     let (train, test, classes, desc) = splits(&loaded.config, m)?;
     let device = device_for(&loaded.config)?;
-    let ex = extract_config(&loaded.config, m.batch)?;
+    let ex = crate::extract_config(&loaded.config, m.batch)?;
     eprintln!("linear probe ({mode} mode) of {} on {desc}", loaded.source);
     let started = std::time::Instant::now();
     let test_f = extract_features(&loaded.model.backbone, test.as_ref(), &ex, &device)?;
@@ -541,7 +531,7 @@ fn knn_with<E: TaskBackbone>(args: &KnnArgs, loaded: Loaded<E>) -> Result<()> {
     let m = &args.model;
     let (train, test, classes, desc) = splits(&loaded.config, m)?;
     let device = device_for(&loaded.config)?;
-    let ex = extract_config(&loaded.config, m.batch)?;
+    let ex = crate::extract_config(&loaded.config, m.batch)?;
     if !args.temperature.is_empty() && args.temperature.len() != args.k.len() {
         bail!(
             "{} --temperature values for {} --k values: give one per k, or none",
@@ -620,7 +610,7 @@ fn assign_with<E: TaskBackbone>(args: &AssignArgs, loaded: Loaded<E>) -> Result<
         }
     };
     let device = device_for(&loaded.config)?;
-    let ex = extract_config(&loaded.config, m.batch)?;
+    let ex = crate::extract_config(&loaded.config, m.batch)?;
     let temperature = args.temperature.unwrap_or(loaded.config.swav.temperature);
     let a = assign_clusters(
         &loaded.model,
@@ -764,7 +754,7 @@ fn semisup_with<E: TaskBackbone>(args: &SemiSupArgs, loaded: Loaded<E>) -> Resul
     let m = &args.model;
     let (train, test, classes, desc) = splits(&loaded.config, m)?;
     let device = device_for(&loaded.config)?;
-    let ex = extract_config(&loaded.config, m.batch)?;
+    let ex = crate::extract_config(&loaded.config, m.batch)?;
     let normalize = ex.transform.normalize;
     let crop = ex.transform.crop;
     let mut recipe = match args.recipe.as_str() {

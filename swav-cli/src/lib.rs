@@ -50,6 +50,19 @@ pub enum Command {
     Semisup(eval::SemiSupArgs),
 }
 
+/// How the commands extract features for `config`'s data: its evaluation transform, `batch`
+/// images a pass, all cores decoding.
+fn extract_config(
+    config: &swav_train::TrainConfig,
+    batch: usize,
+) -> Result<swav_eval::ExtractConfig> {
+    Ok(swav_eval::ExtractConfig {
+        batch_size: batch,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        transform: swav_train::eval_transform_for(config)?,
+    })
+}
+
 /// Runs `command`; `alloc` is the binary's global allocator (reported by `bench`).
 pub fn run(command: Command, alloc: Option<&'static swav_engine::BlockCache>) -> Result<()> {
     if let Some(a) = alloc {

@@ -232,11 +232,7 @@ fn clusters<E: TaskBackbone>(
     let Some(test) = &data.knn_test else {
         return Ok(());
     };
-    let ex = swav_eval::ExtractConfig {
-        batch_size: 256,
-        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        transform: swav_train::eval_transform_for(config)?,
-    };
+    let ex = crate::extract_config(config, 256)?;
     let device = swav_train::device_for(config)?;
     let a = swav_eval::assign_clusters(
         model,

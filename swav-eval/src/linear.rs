@@ -360,6 +360,8 @@ where
     let init = LinearClassifier::new(dim, classes, config.init_std, &mut rng);
     let mut clf =
         crate::probe_tensor::TensorLinear::new((dim, classes), &init.weight, &init.bias, device);
+    // The test rows go to the device once, and are scored there after every epoch.
+    let test_rows = clf.upload_rows(test.0)?;
     let mut order: Vec<usize> = (0..train_labels.len()).collect();
     let mut epochs = Vec::with_capacity(config.epochs);
     let mut best = (f64::MIN, 0.0, 0usize);
@@ -381,7 +383,7 @@ where
             steps += 1;
         }
         loss += clf.take_loss()?;
-        let acc = clf.evaluate(test.0, test.1)?;
+        let acc = clf.evaluate_uploaded(&test_rows, test.1)?;
         if acc.top1 > best.0 {
             best = (acc.top1, acc.top5, epoch);
         }
@@ -420,32 +422,19 @@ pub fn linear_probe_cached(
     config: &LinearProbeConfig,
     device: &burn::tensor::Device,
 ) -> Result<LinearProbeResult, EvalError> {
-    if train.dim != test.dim {
-        return Err(EvalError::invalid(
-            "features",
-            format!(
-                "training features have {} dimensions, test features {}",
-                train.dim, test.dim
-            ),
-        ));
-    }
     let ytr = checked_labels(train, classes, "train labels")?;
-    let yte = checked_labels(test, classes, "test labels")?;
-    let dim = train.dim;
-    run_probe(
-        ProbeMode::Cached,
-        device,
-        config,
-        dim,
-        classes,
+    cached_probe(
+        train.dim,
         &ytr,
-        (&test.values, &yte),
-        |_, order| {
-            let mut x = Vec::with_capacity(order.len() * dim);
+        test,
+        classes,
+        config,
+        device,
+        |order, x| {
             for &i in order {
                 x.extend_from_slice(train.row(i));
             }
-            Ok((x, order.to_vec()))
+            Ok(())
         },
     )
 }
@@ -460,16 +449,6 @@ pub fn linear_probe_streamed(
     config: &LinearProbeConfig,
     device: &burn::tensor::Device,
 ) -> Result<LinearProbeResult, EvalError> {
-    if train.dim() != test.dim {
-        return Err(EvalError::invalid(
-            "features",
-            format!(
-                "training features have {} dimensions, test features {}",
-                train.dim(),
-                test.dim
-            ),
-        ));
-    }
     let mut ytr = Vec::with_capacity(train.len());
     for (i, l) in train.labels().iter().enumerate() {
         match l {
@@ -488,19 +467,49 @@ pub fn linear_probe_streamed(
             }
         }
     }
+    cached_probe(
+        train.dim(),
+        &ytr,
+        test,
+        classes,
+        config,
+        device,
+        |order, x| train.read_rows(order, x),
+    )
+}
+
+/// The cached mode over any store of training rows of `dim` floats labelled `ytr`:
+/// `read(rows, out)` appends the rows of a mini-batch to `out`.
+fn cached_probe(
+    dim: usize,
+    ytr: &[usize],
+    test: &Features,
+    classes: usize,
+    config: &LinearProbeConfig,
+    device: &burn::tensor::Device,
+    mut read: impl FnMut(&[usize], &mut Vec<f32>) -> Result<(), EvalError>,
+) -> Result<LinearProbeResult, EvalError> {
+    if dim != test.dim {
+        return Err(EvalError::invalid(
+            "features",
+            format!(
+                "training features have {dim} dimensions, test features {}",
+                test.dim
+            ),
+        ));
+    }
     let yte = checked_labels(test, classes, "test labels")?;
-    let dim = train.dim();
     run_probe(
         ProbeMode::Cached,
         device,
         config,
         dim,
         classes,
-        &ytr,
+        ytr,
         (&test.values, &yte),
         |_, order| {
             let mut x = Vec::with_capacity(order.len() * dim);
-            train.read_rows(order, &mut x)?;
+            read(order, &mut x)?;
             Ok((x, order.to_vec()))
         },
     )

@@ -137,11 +137,31 @@ impl TensorLinear {
     }
 
     /// Top-1, top-5 and the confusion matrix on `x` (`n x dim`), in chunks of rows.
+    #[cfg(test)]
     pub(crate) fn evaluate(&self, x: &[f32], labels: &[usize]) -> Result<Accuracy, EvalError> {
+        self.evaluate_uploaded(&self.upload_rows(x)?, labels)
+    }
+
+    /// `x` (`n x dim`) on the device in chunks of 4,096 rows, for evaluating it every epoch
+    /// without uploading it again.
+    pub(crate) fn upload_rows(&self, x: &[f32]) -> Result<Vec<Tensor<2>>, EvalError> {
+        x.chunks(4096 * self.dim.max(1))
+            .map(|chunk| self.upload(chunk))
+            .collect()
+    }
+
+    /// [`TensorLinear::evaluate`] on rows already on the device ([`TensorLinear::upload_rows`]).
+    pub(crate) fn evaluate_uploaded(
+        &self,
+        x: &[Tensor<2>],
+        labels: &[usize],
+    ) -> Result<Accuracy, EvalError> {
         let mut logits = Vec::with_capacity(labels.len() * self.classes);
-        for chunk in x.chunks(4096 * self.dim.max(1)) {
-            let t = self.upload(chunk)?;
-            let l = t.matmul(self.w.clone()).add(self.b.clone().unsqueeze());
+        for t in x {
+            let l = t
+                .clone()
+                .matmul(self.w.clone())
+                .add(self.b.clone().unsqueeze());
             logits.extend(crate::features::floats(l, "logits")?);
         }
         Ok(accuracy_of(&logits, self.classes, labels))
