@@ -236,9 +236,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return probe_bench(args, shape);
     }
     let started = Instant::now();
+    // Under mpirun: one worker per process (`--workers` is the number of processes).
+    let processes = crate::processes()?;
+    let workers = processes.as_ref().map_or(args.workers, |p| p.size());
+    let rank = processes.as_ref().map_or(0, |p| p.rank());
     let mut cfg = TrainConfig::default();
     cfg.run.device = args.device.clone();
-    cfg.swav.world_size = args.workers;
+    cfg.swav.world_size = workers;
     let kernel_cache = swav_train::configure_kernel_cache(&cfg)?;
     let devices = devices_for(&cfg)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -272,7 +276,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     // The trainer's path: one worker thread per device, each with its batch of `--batch`
     // images as the loader makes them (one group per resolution, crop-major).
-    let mut group = WorkerGroup::new(devices, &swav, args.batch);
+    let local = match &processes {
+        Some(_) => 1,
+        None => workers,
+    };
+    let mut group = match &processes {
+        Some(p) => WorkerGroup::in_processes(devices[rank].clone(), &swav, args.batch, p.clone()),
+        None => WorkerGroup::new(devices, &swav, args.batch),
+    };
     match args.amp.as_deref() {
         None => {}
         Some("f16") => {
@@ -282,8 +293,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some("bf16") => group.set_autocast(Some(burn::tensor::DType::BF16)),
         Some(other) => bail!("--amp takes f16 or bf16, not `{other}`"),
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let batches: Vec<Vec<CropGroupBatch>> = (0..args.workers)
+    let mut rng = ChaCha8Rng::seed_from_u64(rank as u64);
+    let batches: Vec<Vec<CropGroupBatch>> = (0..local)
         .map(|_| {
             crops
                 .iter()
@@ -298,7 +309,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .collect()
         })
         .collect();
-    let mut queues: Vec<_> = (0..args.workers).map(|_| None).collect();
+    let mut queues: Vec<_> = (0..local).map(|_| None).collect();
     let mut last = 0f64;
     let (mut timed, mut exchange) = (0f64, 0f64);
     let mut first_step_s = None;
@@ -317,13 +328,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             exchange += out.combine_s;
         }
     }
-    let images = (args.batch * args.workers * args.steps) as f64;
+    let images = (args.batch * workers * args.steps) as f64;
+    if rank != 0 {
+        // Rank 0 reports for the job.
+        return Ok(());
+    }
     let cache = crate::ALLOC.get().map(|a| a.stats());
     println!(
         "{}",
         serde_json::json!({
             "impl": "swav-rs", "backend": swav_engine::backend_name(&device), "kernel_cache": kernel_cache,
-            "threads": threads, "workers": args.workers, "sync_bn": args.sync_bn,
+            "threads": threads, "workers": workers, "processes": processes.as_ref().map_or(1, |p| p.size()),
+            "sync_bn": args.sync_bn,
             "amp": args.amp.as_deref().unwrap_or("off"),
             "arch": args.arch, "base_width": args.base_width, "cifar_stem": args.cifar_stem,
             "batch_per_worker": args.batch, "crops": args.crops, "device": args.device,

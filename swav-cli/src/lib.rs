@@ -63,6 +63,32 @@ fn extract_config(
     })
 }
 
+/// This process's group when an MPI launcher started it as one of several (`mpirun -np N
+/// swav pretrain ...`): MPI initialised, one worker per process. A build without the `mpi`
+/// feature refuses such a start rather than run N independent runs into one folder.
+pub fn processes() -> Result<Option<swav_train::process::SharedProcessGroup>> {
+    let Some(n) = swav_train::process::launcher_job_size() else {
+        return Ok(None);
+    };
+    #[cfg(feature = "mpi")]
+    {
+        let _ = n;
+        let group = swav_train::mpi::MpiProcesses::init()?;
+        Ok(Some(std::sync::Arc::new(group)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        if n > 1 {
+            anyhow::bail!(
+                "started by an MPI launcher as one of {n} processes, but this swav was built \
+                 without the `mpi` feature: rebuild with `--features mpi` (see the README's \
+                 \"Several machines\"), or run one process with --devices N for threads"
+            );
+        }
+        Ok(None)
+    }
+}
+
 /// Runs `command`; `alloc` is the binary's global allocator (reported by `bench`).
 pub fn run(command: Command, alloc: Option<&'static swav_engine::BlockCache>) -> Result<()> {
     if let Some(a) = alloc {

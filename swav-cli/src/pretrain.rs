@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use swav_models::{BackboneRegistry, BuildBackbone, ModelTask, SwavModelSpec, TaskBackbone};
+use swav_train::process::SharedProcessGroup;
 use swav_train::{
     DataKind, RunData, RunOptions, RunSummary, TrainConfig, Trainer, open_data, spec_for,
 };
@@ -129,9 +130,41 @@ pub fn folder_if_path(config: &mut TrainConfig, data: bool, kind: bool) {
     }
 }
 
-/// Runs `cargo xtask pretrain`.
+/// Runs `cargo xtask pretrain` (under `mpirun`, this process's worker of the job).
 pub fn run(args: &PretrainArgs) -> Result<()> {
-    let config = resolve(args)?;
+    let processes = crate::processes()?;
+    let result = run_in(args, processes.clone());
+    if let (Err(e), Some(p)) = (&result, &processes)
+        && p.size() > 1
+    {
+        // The other processes would wait for this one in their next collective.
+        p.abort(&format!(
+            "swav-rs: rank {} of {} failed: {e:#}",
+            p.rank(),
+            p.size()
+        ));
+    }
+    result
+}
+
+fn run_in(args: &PretrainArgs, processes: Option<SharedProcessGroup>) -> Result<()> {
+    let mut config = resolve(args)?;
+    let leader = processes.as_ref().is_none_or(|p| p.rank() == 0);
+    if let Some(p) = &processes {
+        let n = p.size();
+        if config.swav.world_size > 1 && config.swav.world_size != n {
+            bail!(
+                "swav.world_size is {} (--devices), but mpirun started {n} processes: under \
+                 mpirun each process is one worker, so leave it out or make it {n}",
+                config.swav.world_size
+            );
+        }
+        config.swav.world_size = n;
+        if !leader {
+            config.run.quiet = true;
+        }
+        config.validate()?;
+    }
     if args.fresh && args.resume.is_some() {
         bail!("--fresh and --resume contradict each other");
     }
@@ -143,6 +176,15 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         (config.run.knn_train_samples, config.run.knn_test_samples),
     )?;
     let s = &config.swav;
+    let task = PretrainTask {
+        args,
+        config: &config,
+        data: &data,
+        processes,
+    };
+    if !leader {
+        return crate::Registry::run(&spec, task)?;
+    }
     eprintln!(
         "swav-rs pretrain: {} (base width {}{}), {} x {} crops, K = {:?}, {} epochs of batch {} on {}{}",
         s.arch,
@@ -162,19 +204,14 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         s.epochs,
         s.batch_size,
         config.run.device,
-        if s.world_size > 1 {
-            format!(" x {} data-parallel workers", s.world_size)
-        } else {
-            String::new()
+        match &task.processes {
+            Some(_) => format!(" x {} MPI processes, one worker each", s.world_size),
+            None if s.world_size > 1 => format!(" x {} data-parallel workers", s.world_size),
+            None => String::new(),
         }
     );
     eprintln!("data: {}", data.description);
     eprintln!("run folder: {}", config.run.out_dir.display());
-    let task = PretrainTask {
-        args,
-        config: &config,
-        data: &data,
-    };
     crate::Registry::run(&spec, task)?
 }
 
@@ -183,26 +220,45 @@ struct PretrainTask<'a> {
     args: &'a PretrainArgs,
     config: &'a TrainConfig,
     data: &'a RunData,
+    processes: Option<SharedProcessGroup>,
 }
 
 impl ModelTask for PretrainTask<'_> {
     type Output = Result<()>;
 
     fn run<E: TaskBackbone>(self, spec: &SwavModelSpec, build: &BuildBackbone<E>) -> Result<()> {
-        let PretrainTask { args, config, data } = self;
+        let PretrainTask {
+            args,
+            config,
+            data,
+            processes,
+        } = self;
+        let leader = processes.as_ref().is_none_or(|p| p.rank() == 0);
         let options = RunOptions {
             resume_from: args.resume.clone(),
             stop_after: args.stop_after,
             stop: Some(crate::signals::stop_on_signals()?),
             fault: args.inject_fault,
+            processes: processes.clone(),
         };
         let mut progress = crate::progress::Progress::new(config.run.quiet);
+        let mut silent = swav_train::Silent;
+        // Under mpirun, rank 0 shows the progress.
+        let observer: &mut dyn swav_train::TrainObserver =
+            if leader { &mut progress } else { &mut silent };
         let outcome = Trainer::new(config, data)
             .options(options)
-            .observer(&mut progress)
+            .observer(observer)
             .backbone_config(spec.backbone.clone())
             .run(|d| Ok(build(d)?))?;
         if let Some(p) = &outcome.summary.preempted {
+            // Every process of an MPI job stops after the same step and leaves the job.
+            if let Some(g) = &processes {
+                g.finish();
+            }
+            if !leader {
+                std::process::exit(crate::signals::PREEMPTED_EXIT);
+            }
             // Stopped by SIGTERM / SIGINT: the checkpoint is written; say how to go on.
             eprintln!(
                 "stopped on request after iteration {} (epoch {} continues); checkpoint: {}",
@@ -216,6 +272,10 @@ impl ModelTask for PretrainTask<'_> {
                 config.run.out_dir.display()
             );
             std::process::exit(crate::signals::PREEMPTED_EXIT);
+        }
+        if !leader {
+            // Rank 0 reports and draws.
+            return Ok(());
         }
         report(args, config, &outcome.summary)?;
         clusters(config, data, &outcome.model)

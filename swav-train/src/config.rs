@@ -81,9 +81,9 @@ pub struct RunConfig {
     /// through burn's CUDA backend (the `cuda` feature): `cuda` / `cuda:N`.
     pub device: String,
     /// The device of each data-parallel worker, by rank, when they differ (empty: every worker
-    /// on `device`). One entry per worker (`swav.world_size`): `cpu`, a GPU name as for `device`, or
-    /// `ws://host:port`, a machine serving its CPU through burn's remote backend (needs the
-    /// `remote` feature; start the server there with `swav-remote-server`).
+    /// on `device`). One entry per worker (`swav.world_size`): `cpu` or a GPU name as for
+    /// `device`. Under `mpirun` (the `mpi` feature), entry r is the device of the process of
+    /// rank r.
     pub devices: Vec<String>,
     /// Write a checkpoint every N iterations (0: only at epoch ends).
     pub checkpoint_every: usize,
@@ -254,11 +254,11 @@ impl TrainConfig {
                 )));
             }
             for d in &self.run.devices {
-                let remote = d.strip_prefix("ws://").is_some_and(|a| !a.is_empty());
-                if !(known(d) || remote) {
+                if !known(d) {
                     return Err(TrainError::ConfigFile(format!(
-                        "invalid config: `run.devices` entry `{d}` must be `cpu`, {GPU_NAMES} \
-                         or `ws://host:port`"
+                        "invalid config: `run.devices` entry `{d}` must be `cpu` or {GPU_NAMES} \
+                         (workers on other machines: one process each under mpirun, the `mpi` \
+                         feature)"
                     )));
                 }
             }
@@ -273,15 +273,6 @@ impl TrainConfig {
         }
         if !(self.run.knn_temperature.is_finite() && self.run.knn_temperature > 0.0) {
             return bad("run.knn_temperature", "must be positive");
-        }
-        let remote_worker = self.run.devices.iter().any(|d| d.starts_with("ws://"));
-        if self.swav.world_size > 1 && self.swav.sync_bn && remote_worker {
-            return bad(
-                "swav.sync_bn",
-                "is not available with a worker on a remote device (ws://): synchronised \
-                 BatchNorm runs on flex and wgpu workers; set sync_bn = false for per-worker \
-                 statistics (see docs/design/data-parallel.md)",
-            );
         }
         if self.swav.world_size > 1 && self.run.device == "cpu" && self.swav.world_size > 64 {
             return bad(

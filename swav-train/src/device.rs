@@ -44,7 +44,7 @@ pub fn device_for(config: &TrainConfig) -> Result<Device, TrainError> {
 /// (the default adapter, on the platform's API: Vulkan with SPIR-V kernels on Linux and
 /// Windows where the adapter supports it, WGSL otherwise), `wgpu:N` (the N-th discrete GPU),
 /// `vulkan` / `vulkan:N` (pinned to Vulkan); with the `cuda` feature `cuda` / `cuda:N` (burn's
-/// CUDA backend, GPU N); or `ws://host:port` (a remote server, connected here).
+/// CUDA backend, GPU N).
 pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
     let gpu = gpu_name(name).map_err(|e| TrainError::ConfigFile(format!("{field}: {e}")))?;
     match (name, gpu) {
@@ -67,16 +67,6 @@ pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
                 index.map_or(burn::tensor::DeviceIndex::Default, Into::into),
             ))
         }
-        #[cfg(feature = "remote")]
-        (other, _) if other.starts_with("ws://") => {
-            let host = burn::tensor::remote::RemoteHost::websocket(other);
-            Device::remote_options(&host).init().map_err(|e| {
-                TrainError::ConfigFile(format!(
-                    "{field} = `{other}`: cannot connect to the remote server ({e}); is \
-                     `swav-remote-server` running there and the port open?"
-                ))
-            })
-        }
         (other, gpu) => Err(TrainError::ConfigFile(format!(
             "{field} = `{other}` is not built into this binary ({})",
             not_built_hint(gpu.map(|(api, _)| api))
@@ -93,18 +83,12 @@ fn not_built_hint(wanted: Option<GpuApi>) -> String {
     if cfg!(feature = "cuda") {
         built.extend(["cuda", "cuda:N"]);
     }
-    if cfg!(feature = "remote") {
-        built.push("ws://host:port");
-    }
     let rebuild = match wanted {
         Some(GpuApi::Cuda) => "rebuild with `--features cuda` for NVIDIA GPUs through CUDA",
         Some(GpuApi::Wgpu | GpuApi::Vulkan) => {
             "rebuild with `--features wgpu` for GPUs through wgpu"
         }
-        None => {
-            "rebuild with `--features wgpu` or `--features cuda` for GPUs, `--features remote` \
-             for ws:// servers"
-        }
+        None => "rebuild with `--features wgpu` or `--features cuda` for GPUs",
     };
     format!("choose {}, or {rebuild}", built.join(", "))
 }

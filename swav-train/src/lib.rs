@@ -27,10 +27,13 @@ mod diagnostics;
 mod error;
 mod fault;
 mod metrics;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod objective;
 mod observer;
 mod optim;
 mod parallel;
+pub mod process;
 mod run_dir;
 mod schedule;
 mod semisup;

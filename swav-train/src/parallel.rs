@@ -40,7 +40,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleDisplay, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use swav_core::{EmbeddingQueue, LocalGroup, LocalWorker, SwavConfig};
 use swav_data::CropGroupBatch;
 use swav_models::precision::with_autocast;
@@ -50,6 +50,7 @@ use swav_models::{Backbone, SwavModel};
 use crate::TrainError;
 use crate::diagnostics::diagnose;
 use crate::objective::forward_loss;
+use crate::process::{SharedProcessGroup, all_reduce_gradients, average_running};
 
 /// What a worker is asked to compute.
 struct Job<E> {
@@ -179,8 +180,82 @@ fn unscale<M: Module>(grads: &mut GradientsParams, model: &M, scale: f64) -> boo
     v.squares.is_none_or(|s| s.into_scalar::<f32>().is_finite())
 }
 
+/// How a worker reduces over the group: threads of this process, or one worker per process.
+#[derive(Debug, Clone)]
+enum Reducer {
+    Local(LocalWorker),
+    Process(SharedProcessGroup),
+}
+
+impl swav_core::AllReduce for Reducer {
+    fn world_size(&self) -> usize {
+        match self {
+            Reducer::Local(w) => w.world_size(),
+            Reducer::Process(g) => g.size(),
+        }
+    }
+
+    fn rank(&self) -> usize {
+        match self {
+            Reducer::Local(w) => w.rank(),
+            Reducer::Process(g) => g.rank(),
+        }
+    }
+
+    fn sum<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
+        match self {
+            Reducer::Local(w) => w.sum(tensor),
+            Reducer::Process(g) => host_reduce(tensor, |v| g.sum_f64(v)),
+        }
+    }
+
+    fn max<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
+        match self {
+            Reducer::Local(w) => w.max(tensor),
+            Reducer::Process(g) => host_reduce(tensor, |v| g.max_f64(v)),
+        }
+    }
+}
+
+/// A reduction of `tensor` through the host in f64, the result in the input's float type.
+fn host_reduce<const D: usize>(tensor: Tensor<D>, reduce: impl FnOnce(&mut [f64])) -> Tensor<D> {
+    let device = tensor.device();
+    let dtype = tensor.dtype();
+    let shape = tensor.shape();
+    let mut values: Vec<f64> = tensor
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("a float tensor converts to f64");
+    reduce(&mut values);
+    Tensor::<D>::from_data(TensorData::new(values, shape), (&device, dtype))
+}
+
+impl Reducer {
+    fn sum_values(&self, values: Vec<f64>) -> Vec<f64> {
+        match self {
+            Reducer::Local(w) => w.sum_values(values),
+            Reducer::Process(g) => {
+                let mut values = values;
+                g.sum_f64(&mut values);
+                values
+            }
+        }
+    }
+
+    /// Stops the group after a worker failed: the other threads' waits fail at once; the other
+    /// processes are ended by the transport (after `message` is printed).
+    fn abort(&self, message: &str) {
+        match self {
+            Reducer::Local(w) => w.abort(),
+            Reducer::Process(g) => g.abort(message),
+        }
+    }
+}
+
 /// One thread per data-parallel worker, each bound to a device.
 pub struct WorkerGroup<E> {
+    processes: Option<SharedProcessGroup>,
     autocast: Option<DType>,
     loss_scale: f64,
     devices: Vec<Device>,
@@ -201,12 +276,40 @@ where
     /// # Panics
     /// If `devices` is empty.
     pub fn new(devices: Vec<Device>, swav: &SwavConfig, batch: usize) -> Self {
+        Self::start(devices, swav, batch, None)
+    }
+
+    /// The worker of this process in a group of processes, one worker each (`mpirun`): its
+    /// reductions (the Sinkhorn's sums, synchronised BatchNorm's statistics) and the step's
+    /// gradients, running statistics and losses go through `processes`.
+    pub fn in_processes(
+        device: Device,
+        swav: &SwavConfig,
+        batch: usize,
+        processes: SharedProcessGroup,
+    ) -> Self {
+        Self::start(vec![device], swav, batch, Some(processes))
+    }
+
+    fn start(
+        devices: Vec<Device>,
+        swav: &SwavConfig,
+        batch: usize,
+        processes: Option<SharedProcessGroup>,
+    ) -> Self {
         assert!(!devices.is_empty(), "a worker group needs a device");
         let world = devices.len();
         let (reply_tx, replies) = channel();
         let mut jobs = Vec::with_capacity(world);
         let mut handles = Vec::with_capacity(world);
-        for (rank, reduce) in LocalGroup::workers(world).into_iter().enumerate() {
+        let reducers: Vec<Reducer> = match &processes {
+            Some(p) => vec![Reducer::Process(p.clone())],
+            None => LocalGroup::workers(world)
+                .into_iter()
+                .map(Reducer::Local)
+                .collect(),
+        };
+        for (rank, reduce) in reducers.into_iter().enumerate() {
             let (tx, rx) = channel::<Job<E>>();
             jobs.push(tx);
             let device = devices[rank].clone().autodiff();
@@ -219,6 +322,7 @@ where
             handles.push(handle);
         }
         Self {
+            processes,
             autocast: None,
             loss_scale: 1.0,
             devices,
@@ -241,7 +345,7 @@ where
         self.loss_scale = scale;
     }
 
-    /// Number of workers.
+    /// Number of workers of this process.
     pub fn world_size(&self) -> usize {
         self.devices.len()
     }
@@ -385,6 +489,17 @@ where
             }
         }
         out.grads = acc.grads();
+        if let Some(p) = &self.processes {
+            // The other processes' workers: gradients in buckets, then the running statistics
+            // and every worker's loss.
+            all_reduce_gradients(&mut out.grads, model, p.as_ref());
+            running = average_running(running, p.as_ref());
+            let mut losses = vec![0.0; p.size()];
+            losses[p.rank()] = out.worker_losses.first().copied().unwrap_or(0.0);
+            p.sum_f64(&mut losses);
+            out.worker_losses = losses;
+            out.queue_used = crate::process::any(p.as_ref(), out.queue_used);
+        }
         if self.loss_scale != 1.0 {
             out.grads_finite = unscale(&mut out.grads, model, self.loss_scale);
         }
@@ -399,7 +514,7 @@ where
             })
             .collect();
         out.combine_s = t_combine.elapsed().as_secs_f64();
-        out.loss = out.worker_losses.iter().sum::<f64>() / world as f64;
+        out.loss = out.worker_losses.iter().sum::<f64>() / out.worker_losses.len().max(1) as f64;
         Ok(out)
     }
 }
@@ -418,26 +533,30 @@ impl<E> Drop for WorkerGroup<E> {
 fn worker_loop<E: Backbone + Module + ModuleDisplay>(
     rank: usize,
     device: Device,
-    reduce: LocalWorker,
+    reduce: Reducer,
     swav: SwavConfig,
     batch: usize,
     jobs: Receiver<Job<E>>,
     out: Sender<Result<Reply, Failure>>,
 ) {
     while let Ok(job) = jobs.recv() {
-        // A panic (a bug, a remote server gone, memory) must not leave the other workers
+        // A panic (a bug, a device lost, memory) must not leave the other workers
         // waiting in a reduction for ever: the group is aborted, every worker reports, and the
         // coordinator returns an error.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             worker_step(rank, &device, &reduce, &swav, batch, job)
         }))
         .map_err(|payload| {
-            reduce.abort();
             let message = payload
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "a panic without a message".into());
+            reduce.abort(&format!(
+                "swav-rs: worker {} of {} failed: {message}",
+                swav_core::AllReduce::rank(&reduce),
+                swav_core::AllReduce::world_size(&reduce)
+            ));
             Failure { rank, message }
         });
         if out.send(result).is_err() {
@@ -448,7 +567,7 @@ fn worker_loop<E: Backbone + Module + ModuleDisplay>(
 
 /// The worker's group as synchronised BatchNorm reduces through it.
 #[derive(Debug)]
-struct BatchNormGroup(LocalWorker);
+struct BatchNormGroup(Reducer);
 
 impl StatsReduce for BatchNormGroup {
     fn world_size(&self) -> usize {
@@ -469,7 +588,7 @@ struct Failure {
 fn worker_step<E: Backbone + Module + ModuleDisplay>(
     rank: usize,
     device: &Device,
-    reduce: &LocalWorker,
+    reduce: &Reducer,
     swav: &SwavConfig,
     batch: usize,
     job: Job<E>,

@@ -265,6 +265,9 @@ pub(crate) struct Saver<'a> {
     pub iters_per_epoch: usize,
     /// Checkpoints from this iteration on fail as on a full disk (an injected fault).
     pub fail_from: Option<usize>,
+    /// In a group of processes: every process's queue is gathered at rank 0, which alone
+    /// writes.
+    pub processes: Option<crate::process::SharedProcessGroup>,
 }
 
 /// Where the run is when a checkpoint is written.
@@ -282,10 +285,17 @@ impl Saver<'_> {
         &self,
         model: &SwavModel<E>,
         optim: &Optimizer,
-        queues: &[Option<EmbeddingQueue>],
+        queues: &mut [Option<EmbeddingQueue>],
         at: Position,
         loss_scaler: Option<crate::LossScaler>,
     ) -> Result<(), TrainError> {
+        if let Some(p) = &self.processes {
+            crate::process::gather_queues(queues, p.as_ref())?;
+            if p.rank() != 0 {
+                return Ok(());
+            }
+        }
+        let queues: &[Option<EmbeddingQueue>] = queues;
         let (config, spec, iters_per_epoch) = (self.config, self.spec, self.iters_per_epoch);
         let ckpt_file = &self.file;
         let Position {

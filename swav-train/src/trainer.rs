@@ -44,6 +44,12 @@ pub struct RunOptions {
     pub stop: Option<StopRequest>,
     /// A fault to inject on purpose (tests of what the run does about NaN and infinity).
     pub fault: Option<InjectedFault>,
+    /// This process's place in a group of processes, one data-parallel worker each (`mpirun`;
+    /// [`crate::mpi::MpiProcesses`]). `swav.world_size` must equal the group's size; this
+    /// process trains worker `rank` on `run.devices[rank]` (or `run.device`), and only rank 0
+    /// writes the run folder (config, metrics, plots, checkpoints with every rank's queue) and
+    /// runs the kNN monitor.
+    pub processes: Option<crate::process::SharedProcessGroup>,
 }
 
 /// What a run did.
@@ -256,12 +262,34 @@ struct Run<'r, 'a> {
 }
 
 impl Run<'_, '_> {
+    /// Whether this process writes the run folder (the only process, or rank 0 of a group).
+    fn leader(&self) -> bool {
+        self.options
+            .processes
+            .as_ref()
+            .is_none_or(|p| p.rank() == 0)
+    }
+
+    /// Whether to stop now: asked of this process, or of any process of the group (they must
+    /// stop after the same step).
+    fn stop_now(&self) -> bool {
+        let mine = stop_requested(&self.options.stop);
+        match &self.options.processes {
+            Some(p) => crate::process::any(p.as_ref(), mine),
+            None => mine,
+        }
+    }
+
     fn warn(&mut self, summary: &mut RunSummary, text: String) {
         self.observer.warning(&text);
         summary.warnings.push(text);
     }
 
-    fn record(&mut self, jsonl: &mut JsonLines, record: Record) -> Result<(), TrainError> {
+    fn record(&mut self, jsonl: &mut Option<JsonLines>, record: Record) -> Result<(), TrainError> {
+        let Some(jsonl) = jsonl else {
+            // Not the leading process: rank 0 records.
+            return Ok(());
+        };
         jsonl.record(&record)?;
         for sink in &mut self.sinks {
             sink.record(&record)?;
@@ -306,6 +334,9 @@ impl Run<'_, '_> {
             .into_iter()
             .map(|(file, (reason, epochs))| format!("{file} (epochs {epochs:?}): {reason}"))
             .collect();
+        if !self.leader() {
+            return Ok(());
+        }
         let sp = summary.out_dir.join(SUMMARY_FILE);
         let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::io(&sp, e))?;
         std::fs::write(&sp, text).map_err(|e| TrainError::io(&sp, e))?;
@@ -341,7 +372,24 @@ impl Run<'_, '_> {
         let kernel_cache = crate::device::configure_kernel_cache(config)?;
         let bases = devices_for(config)?;
         let world = bases.len();
-        let base = bases[0].clone();
+        let processes = self.options.processes.clone();
+        let leader = self.leader();
+        // This process's workers: all of them, or its own rank's in a group of processes.
+        let (local_ranks, local_bases) = match &processes {
+            Some(p) => {
+                if p.size() != world {
+                    return Err(TrainError::ConfigFile(format!(
+                        "{} processes, but swav.world_size is {world}: a group of processes \
+                         runs one worker each",
+                        p.size()
+                    )));
+                }
+                let rank = p.rank();
+                (rank..rank + 1, vec![bases[rank].clone()])
+            }
+            None => (0..world, bases.clone()),
+        };
+        let base = local_bases[0].clone();
         let device = base.clone().autodiff();
 
         let iters_per_epoch = self.source.batches_per_epoch();
@@ -368,7 +416,7 @@ impl Run<'_, '_> {
         })?;
         // The monitor's baseline: this network before any training (also when resuming, as the
         // checkpoint has not been loaded yet).
-        let knn_baseline = if config.run.knn_every > 0 {
+        let knn_baseline = if config.run.knn_every > 0 && leader {
             knn_monitor(&model.backbone, config, self.data, &base)?
         } else {
             None
@@ -414,14 +462,19 @@ impl Run<'_, '_> {
             resumed_from = Some(iteration);
         }
 
-        let resolved = config.to_toml()?;
-        let cfg_path = out_dir.join(CONFIG_FILE);
-        std::fs::write(&cfg_path, resolved).map_err(|e| TrainError::io(&cfg_path, e))?;
-        let (mut jsonl, history) = JsonLines::open(&out_dir, resumed_from)?;
-        for sink in &mut self.sinks {
-            sink.open(&out_dir, &history)?;
+        let mut jsonl = None;
+        if leader {
+            let resolved = config.to_toml()?;
+            let cfg_path = out_dir.join(CONFIG_FILE);
+            std::fs::write(&cfg_path, resolved).map_err(|e| TrainError::io(&cfg_path, e))?;
+            let (lines, history) = JsonLines::open(&out_dir, resumed_from)?;
+            for sink in &mut self.sinks {
+                sink.open(&out_dir, &history)?;
+            }
+            jsonl = Some(lines);
+        } else {
+            self.sinks.clear();
         }
-        drop(history);
 
         let saver = Saver {
             file: ckpt_file.clone(),
@@ -429,6 +482,7 @@ impl Run<'_, '_> {
             spec: &spec,
             iters_per_epoch,
             fail_from: self.options.fault.and_then(|f| f.checkpoints_fail_from()),
+            processes: processes.clone(),
         };
 
         let collapse_loss = (s.nmb_prototypes[0] as f64).ln();
@@ -471,7 +525,7 @@ impl Run<'_, '_> {
             out_dir: out_dir.clone(),
             checkpoint: ckpt_file.clone(),
             plots: Vec::new(),
-            metrics: jsonl.path().to_path_buf(),
+            metrics: out_dir.join(crate::metrics::METRICS_FILE),
         };
 
         summary.knn_baseline = knn_baseline.clone();
@@ -488,7 +542,10 @@ impl Run<'_, '_> {
         let batch = s.batch_size;
         let global_batch = batch * world;
 
-        let mut group = WorkerGroup::<E>::new(bases.clone(), s, batch);
+        let mut group = match &processes {
+            Some(p) => WorkerGroup::<E>::in_processes(base.clone(), s, batch, p.clone()),
+            None => WorkerGroup::<E>::new(bases.clone(), s, batch),
+        };
         let autocast = crate::autocast_for(s, &bases);
         group.set_autocast(autocast);
         // f16 needs loss scaling (bf16 has f32's range); the scale continues across a resume.
@@ -520,8 +577,12 @@ impl Run<'_, '_> {
         let mut last_checkpoint = resumed_from;
         while epoch < s.epochs {
             if s.queue_active(epoch) {
-                // Each worker's queue lives on its device.
-                for (q, d) in queues.iter_mut().zip(&bases).filter(|(q, _)| q.is_none()) {
+                // Each worker's queue lives on its device (this process's workers').
+                for (q, d) in queues[local_ranks.clone()]
+                    .iter_mut()
+                    .zip(&local_bases)
+                    .filter(|(q, _)| q.is_none())
+                {
                     *q = Some(EmbeddingQueue::for_run(
                         s.queue_length,
                         s.batch_size,
@@ -536,7 +597,8 @@ impl Run<'_, '_> {
             let (mut used_min, mut entropy_sum, mut stat_n) = (usize::MAX, 0f64, 0usize);
             let epoch_start = Instant::now();
             let mut epoch_images = 0usize;
-            let mut shards = (0..world)
+            let mut shards = local_ranks
+                .clone()
                 .map(|rank| self.source.epoch(epoch, next_batch, rank))
                 .collect::<Result<Vec<_>, TrainError>>()?;
             let mut window = (Instant::now(), 0usize, 0f64, 0f64);
@@ -560,7 +622,8 @@ impl Run<'_, '_> {
                 if let Some(sc) = &scaler {
                     group.set_loss_scale(sc.scale);
                 }
-                let mut out = group.step(&model, groups, &mut queues, log_now)?;
+                let mut out =
+                    group.step(&model, groups, &mut queues[local_ranks.clone()], log_now)?;
                 if let Some(fault) = &self.options.fault {
                     fault.apply(iteration + 1, &model, &mut out.loss, &mut out.grads);
                 }
@@ -701,7 +764,7 @@ impl Run<'_, '_> {
                     summary.time_s = started.elapsed().as_secs_f64();
                     return Ok(TrainOutcome { model, summary });
                 }
-                if stop_requested(&self.options.stop) && batch_index + 1 < iters_per_epoch {
+                if self.stop_now() && batch_index + 1 < iters_per_epoch {
                     // Mid-epoch: the checkpoint continues at the next batch. (After an epoch's
                     // last batch the epoch's end is written first, below.)
                     let at = Position {
@@ -710,7 +773,7 @@ impl Run<'_, '_> {
                         iteration,
                         elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
                     };
-                    saver.save(&model, &optim, &queues, at, scaler)?;
+                    saver.save(&model, &optim, &mut queues, at, scaler)?;
                     drop(shards);
                     let timing = (
                         started.elapsed().as_secs_f64(),
@@ -732,7 +795,7 @@ impl Run<'_, '_> {
                         iteration,
                         elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
                     };
-                    saver.save(&model, &optim, &queues, at, scaler)?;
+                    saver.save(&model, &optim, &mut queues, at, scaler)?;
                     last_checkpoint = Some(iteration);
                 }
             }
@@ -745,7 +808,7 @@ impl Run<'_, '_> {
                 iteration,
                 elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
             };
-            saver.save(&model, &optim, &queues, at, scaler)?;
+            saver.save(&model, &optim, &mut queues, at, scaler)?;
             last_checkpoint = Some(iteration);
 
             let mean_loss = if epoch_steps > 0 {
@@ -756,7 +819,7 @@ impl Run<'_, '_> {
             summary.last_epoch_loss = Some(mean_loss).filter(|l| l.is_finite());
             let knn_due = config.run.knn_every > 0
                 && (epoch % config.run.knn_every == 0 || epoch == s.epochs);
-            let knn = if knn_due {
+            let knn = if knn_due && leader {
                 knn_monitor(&model.backbone, config, self.data, &base)?
             } else {
                 None
@@ -799,7 +862,7 @@ impl Run<'_, '_> {
             }
             self.observer
                 .epoch(epoch, s.epochs, mean_loss, knn.as_ref().map(|k| k.top1));
-            if stop_requested(&self.options.stop) && epoch < s.epochs {
+            if self.stop_now() && epoch < s.epochs {
                 // The epoch's end is checkpointed (above): stop there.
                 let timing = (
                     started.elapsed().as_secs_f64(),

@@ -121,22 +121,10 @@ fn several_workers_are_accepted_with_or_without_synchronised_batchnorm() {
     .expect("parses");
     c.validate()
         .expect("synchronised BatchNorm on 2 CPU workers");
-    // ... but not with a remote worker (the collective has no remote side).
-    let c = TrainConfig::from_toml(
-        "",
-        &[
-            "swav.world_size=2".into(),
-            "swav.sync_bn=true".into(),
-            "run.devices=[\"cpu\", \"ws://127.0.0.1:1\"]".into(),
-        ],
-    )
-    .expect("parses");
-    let e = c.validate().expect_err("sync_bn with a remote worker");
-    assert!(e.to_string().contains("swav.sync_bn"), "{e}");
-    assert!(e.to_string().contains("ws://"), "{e}");
     let c = TrainConfig::from_toml("", &["swav.world_size=0".into()]).expect("parses");
     assert!(c.validate().is_err(), "no worker");
-    // One device per worker, named; a remote server by its WebSocket address.
+    // One device per worker, by name; the WebSocket workers of earlier versions are refused
+    // with the way to train across machines now.
     let c = TrainConfig::from_toml(
         "",
         &[
@@ -145,12 +133,9 @@ fn several_workers_are_accepted_with_or_without_synchronised_batchnorm() {
         ],
     )
     .expect("parses");
-    c.validate().expect("cpu + remote");
-    if !cfg!(feature = "remote") {
-        let e = swav_train::devices_for(&c).expect_err("not built in");
-        assert!(e.to_string().contains("--features remote"), "{e}");
-        assert!(e.to_string().contains("run.devices[1]"), "{e}");
-    }
+    let e = c.validate().expect_err("a ws:// worker");
+    assert!(e.to_string().contains("ws://127.0.0.1:1"), "{e}");
+    assert!(e.to_string().contains("mpirun"), "{e}");
     let c = TrainConfig::from_toml("", &["run.devices=[\"cpu\"]".into(), "world_size=2".into()])
         .expect("parses");
     let e = c.validate().expect_err("1 device for 2 workers");

@@ -1,0 +1,342 @@
+//! Training under `mpirun`: one worker per process, the real binary started by Open MPI's
+//! launcher on this machine (`--oversubscribe`: more processes than cores is fine here).
+//!
+//! Needs the `mpi` feature and an MPI installation (`mpirun` on the PATH; Debian:
+//! `openmpi-bin libopenmpi-dev`, and `libclang-dev` for the bindings' build):
+//!
+//! ```text
+//! cargo test -p xtask --features mpi --test mpi
+//! ```
+//!
+//! | case | what it shows |
+//! |---|---|
+//! | 2 processes x B | the same losses and end weights as 2 threads x B in one process (per-worker BatchNorm), and with synchronised BatchNorm the same as 2 threads with it, whose step equals 1 worker x 2B (swav-train's tests) |
+//! | a rank killed with SIGKILL | the job ends (no hang) with an error naming the rank |
+//! | stopped, then resumed under mpirun | the end is bit-identical to the uninterrupted job's (rank 0's checkpoint holds both ranks' queues); resuming with another number of processes is refused |
+#![cfg(feature = "mpi")]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::store::ModuleSnapshot;
+
+/// A narrow ResNet-18 on 64 Shapes10 images, 16 images per worker (2 iterations an epoch with
+/// 2 workers), 3 epochs, a queue from epoch 1, prototypes frozen for 2 iterations, a
+/// checkpoint every 3 iterations, a metrics line every iteration.
+const TINY: &[&str] = &[
+    "--quiet",
+    "--no-baseline",
+    "--set",
+    "swav.base_width=4",
+    "--set",
+    "swav.hidden_mlp=16",
+    "--set",
+    "swav.feat_dim=8",
+    "--set",
+    "swav.nmb_prototypes=[10]",
+    "--set",
+    "swav.nmb_crops=[2, 1]",
+    "--set",
+    "swav.size_crops=[16, 8]",
+    "--set",
+    "swav.min_scale_crops=[0.3, 0.1]",
+    "--set",
+    "swav.max_scale_crops=[1.0, 0.3]",
+    "--set",
+    "swav.batch_size=16",
+    "--set",
+    "swav.epochs=3",
+    "--set",
+    "swav.warmup_epochs=1",
+    "--set",
+    "swav.queue_length=64",
+    "--set",
+    "swav.epoch_queue_starts=1",
+    "--set",
+    "swav.freeze_prototypes_niters=2",
+    "--set",
+    "data.shapes10_train=64",
+    "--set",
+    "data.shapes10_test=32",
+    "--set",
+    "data.workers=1",
+    "--set",
+    "run.checkpoint_every=3",
+    "--set",
+    "run.log_every=1",
+    "--set",
+    "run.knn_every=0",
+];
+
+fn xtask() -> &'static str {
+    env!("CARGO_BIN_EXE_xtask")
+}
+
+/// `mpirun -np n xtask pretrain --out out TINY extra`.
+fn mpirun(n: usize, out: &Path, extra: &[&str]) -> Command {
+    mpirun_with(n, out, extra, &[])
+}
+
+/// [`mpirun`] with environment variables set for every process.
+fn mpirun_with(n: usize, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe"]);
+    for (k, v) in env {
+        c.env(k, v).args(["-x", k]);
+    }
+    c.arg("-np")
+        .arg(n.to_string())
+        .arg(xtask())
+        .arg("pretrain")
+        .arg("--out")
+        .arg(out)
+        .args(TINY)
+        .args(extra)
+        .stdin(Stdio::null());
+    c
+}
+
+/// `xtask pretrain --out out TINY extra` in one process.
+fn single(out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(xtask());
+    c.arg("pretrain")
+        .arg("--out")
+        .arg(out)
+        .args(TINY)
+        .args(extra)
+        .stdin(Stdio::null());
+    c
+}
+
+fn output(mut c: Command) -> Output {
+    c.output()
+        .expect("the command runs (is mpirun on the PATH?)")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(c: Command, case: &str) {
+    let o = output(c);
+    assert!(o.status.success(), "{case}: {}", text(&o));
+}
+
+/// The loss of every logged step, in order.
+fn losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["type"] == "step")
+        .map(|r| r["loss"].as_f64().expect("loss"))
+        .collect()
+}
+
+/// Every tensor of a checkpoint (the model's, then the stored arrays: optimiser state,
+/// queues), by name, as f32 values.
+fn tensors(ckpt: &Path) -> Vec<(String, Vec<f32>)> {
+    let c = swav_models::read_checkpoint(ckpt).expect("the checkpoint reads");
+    let spec = c.spec().expect("spec").expect("a spec");
+    let model = spec.init(&burn::tensor::Device::flex()).expect("model");
+    let model = c.load_model(model).expect("weights load");
+    let mut v: Vec<(String, Vec<f32>)> = model
+        .collect(None, None, false)
+        .into_iter()
+        .filter_map(|t| {
+            let name = t.name.clone();
+            let data = burn::store::bridge::into_data(t).ok()?;
+            let values = data.convert::<f32>().try_to_vec::<f32>().ok()?;
+            Some((name, values))
+        })
+        .collect();
+    for (name, a) in &c.arrays {
+        v.push((format!("array {name}"), a.values.clone()));
+    }
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Every tensor of `got` within `tol` of `reference`'s, relative to the tensor's largest value
+/// (bit-identical with `tol` 0).
+fn assert_close_tensors(got: &Path, reference: &Path, tol: f32, case: &str) {
+    let (a, b) = (tensors(got), tensors(reference));
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        "{case}: the same tensors"
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x.len(), y.len(), "{case}: {name} size");
+        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let worst = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            worst <= tol * scale,
+            "{case}: {name} differs by {worst} (scale {scale}, tolerance {tol})"
+        );
+    }
+}
+
+#[test]
+fn two_processes_train_as_two_threads_with_and_without_synchronised_batch_norm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (sync, extra) in [
+        ("per-worker BatchNorm", &[][..]),
+        (
+            "synchronised BatchNorm",
+            &["--set", "swav.sync_bn=true"][..],
+        ),
+    ] {
+        let slug = if extra.is_empty() { "local" } else { "sync" };
+        let procs = dir.path().join(format!("mpi-{slug}"));
+        let threads = dir.path().join(format!("threads-{slug}"));
+        // One kernel thread on both sides: the CPU kernels split some reductions by the size
+        // of their thread pool, which two workers in one process share, so only equal pools
+        // give the same bits (with the machine's pools the two differ from the third step on
+        // by summation order, measured: 7e-7 in the loss).
+        ok(
+            mpirun_with(2, &procs, extra, &[("RAYON_NUM_THREADS", "1")]),
+            sync,
+        );
+        let mut args = vec!["--devices", "2"];
+        args.extend_from_slice(extra);
+        let mut c = single(&threads, &args);
+        c.env("RAYON_NUM_THREADS", "1");
+        ok(c, sync);
+        // Six steps through the warmup, the prototypes' unfreezing and the queue's start: the
+        // same losses and every tensor of the end (weights, BatchNorm statistics, momentum
+        // buffers, both workers' queues) the same bits.
+        let (a, b) = (losses(&procs), losses(&threads));
+        assert_eq!(a.len(), 6, "{sync}: 3 epochs of 2 steps");
+        assert_eq!(a, b, "{sync}: the losses");
+        assert_close_tensors(
+            &procs.join("checkpoint.bpk"),
+            &threads.join("checkpoint.bpk"),
+            0.0,
+            sync,
+        );
+        let summary = std::fs::read_to_string(procs.join("summary.json")).expect("summary");
+        assert!(summary.contains("\"completed\": true"), "{sync}: {summary}");
+    }
+}
+
+/// The processes of an MPI job named `out` with rank `rank` (found by their environment).
+fn rank_pid(out: &Path, rank: usize) -> Option<u32> {
+    let needle = out.display().to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !cmd.contains(&needle) || !cmd.contains("pretrain") || cmd.starts_with("mpirun") {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let env = String::from_utf8_lossy(&env);
+        if env
+            .split('\0')
+            .any(|kv| kv == format!("OMPI_COMM_WORLD_RANK={rank}"))
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_rank_killed_outright_ends_the_job_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("killed");
+    let mut c = mpirun(2, &out, &["--set", "swav.epochs=200"]);
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    // Wait until the job trains (a metrics line), then kill rank 1.
+    let start = Instant::now();
+    let pid = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the job did not start training"
+        );
+        let trained = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .is_ok_and(|t| t.contains("\"step\""));
+        if trained && let Some(pid) = rank_pid(&out, 1) {
+            break pid;
+        }
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "the job ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("status") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "rank 0 still runs a minute after rank 1 was killed: the job hangs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let o = child.wait_with_output().expect("output");
+    let t = text(&o);
+    assert!(!status.success(), "the job reports failure: {t}");
+    assert!(
+        t.contains("rank 1"),
+        "the error names the rank that died: {t}"
+    );
+}
+
+#[test]
+fn a_job_stopped_and_resumed_under_mpirun_ends_bit_identical_and_another_count_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let reference = dir.path().join("reference");
+    ok(mpirun(2, &reference, &[]), "uninterrupted job");
+    let out = dir.path().join("resumed");
+    // Stopped (as a kill would) in the second epoch, after the queue started and the checkpoint
+    // of iteration 3 (mid-epoch) was written.
+    let o = output(mpirun(2, &out, &["--stop-after", "4"]));
+    assert!(o.status.success(), "stopped job: {}", text(&o));
+    let o = output(single(&out, &[]));
+    assert!(
+        !o.status.success(),
+        "one process resumed a 2-process checkpoint"
+    );
+    let t = text(&o);
+    assert!(
+        t.contains("world_size"),
+        "the refusal says why (the number of workers): {t}"
+    );
+    let o = output(mpirun(3, &out, &[]));
+    assert!(
+        !o.status.success(),
+        "3 processes resumed a 2-process checkpoint: {}",
+        text(&o)
+    );
+    ok(mpirun(2, &out, &[]), "resumed job");
+    assert_close_tensors(
+        &out.join("checkpoint.bpk"),
+        &reference.join("checkpoint.bpk"),
+        0.0,
+        "resumed under mpirun",
+    );
+}
