@@ -12,6 +12,7 @@
 //! |---|---|
 //! | 2 processes x B | the same losses and end weights as 2 threads x B in one process (per-worker BatchNorm), and with synchronised BatchNorm the same as 2 threads with it, whose step equals 1 worker x 2B (swav-train's tests) |
 //! | a rank killed with SIGKILL | the job ends (no hang) with an error naming the rank |
+//! | an error on one rank (a full disk where rank 0 writes a checkpoint) | the job ends (no hang) with an error naming the rank and the cause |
 //! | stopped, then resumed under mpirun | the end is bit-identical to the uninterrupted job's (rank 0's checkpoint holds both ranks' queues); resuming with another number of processes is refused |
 #![cfg(feature = "mpi")]
 
@@ -338,5 +339,34 @@ fn a_job_stopped_and_resumed_under_mpirun_ends_bit_identical_and_another_count_i
         &reference.join("checkpoint.bpk"),
         0.0,
         "resumed under mpirun",
+    );
+}
+
+#[test]
+fn an_error_on_one_rank_ends_the_job_with_an_error_naming_the_rank_and_the_cause() {
+    // A full disk where rank 0 writes the checkpoint of iteration 3 (injected): rank 0 stops
+    // with the error; rank 1, already in the next step's collectives, must not wait for ever.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("full");
+    let mut child = mpirun(2, &out, &["--inject-fault", "enospc-checkpoint@3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    let t0 = Instant::now();
+    while child.try_wait().expect("status").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the job still runs two minutes after rank 0 failed: it hangs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().expect("output");
+    let t = text(&o);
+    assert!(!o.status.success(), "the job reports failure: {t}");
+    assert!(t.contains("rank 0 of 2 failed"), "names the rank: {t}");
+    assert!(
+        t.contains("No space left on device"),
+        "names the cause: {t}"
     );
 }
