@@ -93,13 +93,25 @@ pub fn resolve(args: &PretrainArgs) -> Result<TrainConfig> {
     let mut config = match &args.config {
         Some(p) => TrainConfig::load(p, &overrides)?,
         None => {
-            let base = TrainConfig::demo().to_toml()?;
-            TrainConfig::from_toml(&base, &overrides)?
+            // Real data without a config: the CPU recipe measured on CIFAR-10, not the demo's
+            // (tuned for the generated shapes, it learns nothing on photographs).
+            let base = if real_data_default(args) {
+                TrainConfig::folder_default()?
+            } else {
+                TrainConfig::demo()
+            };
+            TrainConfig::from_toml(&base.to_toml()?, &overrides)?
         }
     };
     folder_if_path(&mut config, args.data.is_some(), args.data_kind.is_some());
     config.validate()?;
     Ok(config)
+}
+
+/// Whether the run takes the real-data default recipe ([`TrainConfig::folder_default`]): data
+/// given, no config.
+fn real_data_default(args: &PretrainArgs) -> bool {
+    args.config.is_none() && (args.data.is_some() || args.data_kind.is_some())
 }
 
 /// A value as a TOML string literal.
@@ -212,6 +224,16 @@ fn run_in(args: &PretrainArgs, processes: Option<SharedProcessGroup>) -> Result<
     );
     eprintln!("data: {}", data.description);
     eprintln!("run folder: {}", config.run.out_dir.display());
+    if real_data_default(args) {
+        eprintln!(
+            "recipe: the CPU recipe measured on CIFAR-10 (configs/cifar10-cpu.toml: ResNet-18 \
+             of base width 16, 2 x 32 crops, 3000 prototypes, LARS, 15 epochs; images are \
+             cropped and resized to 32 px), the default for --data without --config. The \
+             demo's recipe is tuned for its generated shapes and does not learn on photographs. \
+             For larger images, more time or a GPU, pass --config (README: \"Training on real \
+             data\")."
+        );
+    }
     crate::Registry::run(&spec, task)?
 }
 

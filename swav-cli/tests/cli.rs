@@ -1,5 +1,6 @@
 //! The installable `swav` binary: the same commands as `cargo xtask`, values listed in `--help`,
-//! shell completions, and a run from pretraining to an export that PyTorch's layout names.
+//! shell completions, a run from pretraining to an export that PyTorch's layout names, and the
+//! recipe `pretrain --data DIR` takes without a config.
 
 use std::process::{Command, Output};
 
@@ -93,4 +94,53 @@ fn pretrain_then_export_from_the_installed_binary() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(out.join("resnet18.pt").is_file() && out.join("resnet18.safetensors").is_file());
+}
+
+#[test]
+fn pretrain_on_a_folder_without_a_config_takes_the_cifar10_cpu_recipe_and_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    for split in ["train", "test"] {
+        for (c, class) in ["a", "b"].iter().enumerate() {
+            let folder = data.join(split).join(class);
+            std::fs::create_dir_all(&folder).expect("folder");
+            for i in 0..8u8 {
+                let img = image::RgbImage::from_fn(40, 36, |x, y| {
+                    image::Rgb([(x as u8).wrapping_mul(i + 1), (y as u8) * 3, 100 * c as u8])
+                });
+                img.save(folder.join(format!("{i}.png"))).expect("png");
+            }
+        }
+    }
+    let run = dir.path().join("run");
+    let o = swav(&[
+        "pretrain",
+        "--data",
+        &data.display().to_string(),
+        "--out",
+        &run.display().to_string(),
+        "--quiet",
+        "--no-baseline",
+        "--stop-after",
+        "1",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "run.knn_every=0",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("recipe: the CPU recipe measured on CIFAR-10 (configs/cifar10-cpu.toml"),
+        "says which recipe and why: {t}"
+    );
+    // The run folder's resolved config is that recipe (with the command line's overrides).
+    let written = std::fs::read_to_string(run.join("config.toml")).expect("config.toml");
+    let recipe: toml::Table = toml::from_str(swav_train::CIFAR10_CPU_RECIPE).expect("recipe");
+    let got: toml::Table = toml::from_str(&written).expect("config");
+    for key in ["base_width", "nmb_prototypes", "size_crops", "epochs", "base_lr", "optimizer"] {
+        assert_eq!(got["swav"][key], recipe["swav"][key], "swav.{key}");
+    }
+    assert_eq!(got["data"]["kind"].as_str(), Some("folder"));
+    assert_eq!(got["swav"]["batch_size"].as_integer(), Some(8));
 }

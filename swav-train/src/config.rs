@@ -69,6 +69,10 @@ impl Default for DataConfig {
     }
 }
 
+/// `configs/cifar10-cpu.toml`: the CIFAR-10 recipe for two CPU cores (its results:
+/// `docs/results.md`), also the base of [`TrainConfig::folder_default`].
+pub const CIFAR10_CPU_RECIPE: &str = include_str!("../../configs/cifar10-cpu.toml");
+
 /// The run itself: where it writes, how often, what it watches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -83,7 +87,8 @@ pub struct RunConfig {
     /// The device of each data-parallel worker, by rank, when they differ (empty: every worker
     /// on `device`). One entry per worker (`swav.world_size`): `cpu` or a GPU name as for
     /// `device`. Under `mpirun` (the `mpi` feature), entry r is the device of the process of
-    /// rank r.
+    /// rank r; without the list, a GPU `device` means the GPU of the process's rank on its
+    /// machine.
     pub devices: Vec<String>,
     /// Write a checkpoint every N iterations (0: only at epoch ends).
     pub checkpoint_every: usize,
@@ -176,6 +181,22 @@ impl TrainConfig {
                 ..RunConfig::default()
             },
         }
+    }
+
+    /// What `pretrain --data DIR` runs without a config: the CPU recipe measured on CIFAR-10
+    /// ([`CIFAR10_CPU_RECIPE`]: a ResNet-18 of base width 16, 2 x 32 crops, K = 3000, LARS, 15
+    /// epochs), writing to `runs/swav`, with the kNN monitor bounded to 10,000 train and 2,000
+    /// test samples so that it stays cheap on a folder of any size. The crops and the
+    /// evaluation's resize are 32 px whatever the images' size: a CPU budget.
+    ///
+    /// # Errors
+    /// Never for the recipe as shipped (its text is checked by the tests).
+    pub fn folder_default() -> Result<Self, TrainError> {
+        let mut c = Self::from_toml(CIFAR10_CPU_RECIPE, &[])?;
+        c.run.out_dir = PathBuf::from("runs/swav");
+        c.run.knn_train_samples = 10_000;
+        c.run.knn_test_samples = 2_000;
+        Ok(c)
     }
 
     /// Parses a TOML text, then applies `overrides` (`key=value`, where key is `section.field`

@@ -44,7 +44,7 @@ mod trainer;
 
 pub use adapters::{eval_transform_for, knn_monitor, multicrop_for, spec_for};
 pub use amp::{LossScaler, autocast_for};
-pub use config::{DataConfig, DataKind, RunConfig, TrainConfig};
+pub use config::{CIFAR10_CPU_RECIPE, DataConfig, DataKind, RunConfig, TrainConfig};
 pub use data::{DynDataset, RunData, open_data};
 pub use device::{
     configure_kernel_cache, device_for, device_named, devices_for, kernel_cache_dir, seeded_init,

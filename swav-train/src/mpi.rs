@@ -94,6 +94,10 @@ impl ProcessGroup for MpiProcesses {
         self.size
     }
 
+    fn local_rank(&self) -> usize {
+        crate::process::launcher_local_rank().unwrap_or(self.rank)
+    }
+
     fn sum_f64(&self, values: &mut [f64]) {
         let _g = Self::lock();
         let send = values.to_vec();

@@ -27,6 +27,11 @@ pub trait ProcessGroup: Send + Sync + Debug {
     fn rank(&self) -> usize;
     /// Number of processes.
     fn size(&self) -> usize;
+    /// This process's rank among the group's processes on its machine (which of the machine's
+    /// GPUs it takes when `run.devices` does not say).
+    fn local_rank(&self) -> usize {
+        self.rank()
+    }
     /// Element-wise sum over the processes, in place (the same bits on every process).
     fn sum_f64(&self, values: &mut [f64]);
     /// Element-wise maximum over the processes, in place.
@@ -46,6 +51,22 @@ pub trait ProcessGroup: Send + Sync + Debug {
 /// Environment variables MPI launchers set for the processes they start, with the job's size
 /// (Open MPI; MPICH's Hydra, Intel MPI and Slurm's PMI).
 const LAUNCHER_SIZE_VARIABLES: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
+
+/// Environment variables MPI launchers set with a process's rank on its machine (Open MPI;
+/// MPICH's Hydra; Slurm).
+const LAUNCHER_LOCAL_RANK_VARIABLES: [&str; 3] = [
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "SLURM_LOCALID",
+];
+
+/// This process's rank on its machine, as the MPI launcher that started it says.
+pub fn launcher_local_rank() -> Option<usize> {
+    LAUNCHER_LOCAL_RANK_VARIABLES
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .and_then(|n| n.trim().parse().ok())
+}
 
 /// The number of processes of the MPI job this process was started in by `mpirun`, `mpiexec`
 /// or `srun`, if it was (1 for a job of one).

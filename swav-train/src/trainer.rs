@@ -46,7 +46,8 @@ pub struct RunOptions {
     pub fault: Option<InjectedFault>,
     /// This process's place in a group of processes, one data-parallel worker each (`mpirun`;
     /// [`crate::mpi::MpiProcesses`]). `swav.world_size` must equal the group's size; this
-    /// process trains worker `rank` on `run.devices[rank]` (or `run.device`), and only rank 0
+    /// process trains worker `rank` on `run.devices[rank]` (or `run.device`; for a GPU, the one
+    /// of the process's rank on its machine), and only rank 0
     /// writes the run folder (config, metrics, plots, checkpoints with every rank's queue) and
     /// runs the kNN monitor.
     pub processes: Option<crate::process::SharedProcessGroup>,
@@ -385,7 +386,14 @@ impl Run<'_, '_> {
                     )));
                 }
                 let rank = p.rank();
-                (rank..rank + 1, vec![bases[rank].clone()])
+                // `run.devices` by rank; otherwise `run.device`, and for a GPU the machine's
+                // GPU of this process's rank on it (cuda:0, cuda:1, ... on every machine).
+                let pick = if config.run.devices.is_empty() {
+                    p.local_rank().min(world - 1)
+                } else {
+                    rank
+                };
+                (rank..rank + 1, vec![bases[pick].clone()])
             }
             None => (0..world, bases.clone()),
         };

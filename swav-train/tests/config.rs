@@ -215,3 +215,24 @@ fn the_kernel_cache_folder_follows_config_then_environment() {
         .expect("the field is settable");
     assert_eq!(parsed.run.kernel_cache, Some("/data/k".into()));
 }
+
+#[test]
+fn the_cifar10_cpu_recipe_is_the_default_for_a_folder_with_a_bounded_monitor() {
+    let file = TrainConfig::load(configs_dir().join("cifar10-cpu.toml"), &[]).expect("parses");
+    file.validate().expect("valid");
+    let folder = TrainConfig::folder_default().expect("the default");
+    folder.validate().expect("valid");
+    assert_eq!(folder.swav, file.swav, "the same method");
+    assert_eq!(folder.data, file.data, "the same data settings");
+    assert_eq!(
+        (folder.run.knn_train_samples, folder.run.knn_test_samples),
+        (10_000, 2_000),
+        "a folder of any size gets a bounded monitor"
+    );
+    assert_eq!(
+        (file.run.knn_train_samples, file.run.knn_test_samples),
+        (0, 0),
+        "the recipe's figures use the whole splits"
+    );
+    assert_ne!(folder.swav, TrainConfig::demo().swav, "not the demo's recipe");
+}
