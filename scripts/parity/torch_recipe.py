@@ -38,7 +38,7 @@ import torchvision.transforms as T
 from torchvision.datasets import ImageFolder
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_trajectory import LARC, Net, distributed_sinkhorn  # noqa: E402
+from torch_trajectory import LARC, Net, swav_loss  # noqa: E402
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -173,7 +173,6 @@ def main():
         raise SystemExit(f"optimizer {s['optimizer']!r} is not transcribed")
     ipe = len(loader)
     lrs = schedule(s, ipe)
-    n_crops = sum(s["nmb_crops"])
     groups_at = np.cumsum([0] + s["nmb_crops"])
     assign = s["crops_for_assign"]
     queue = None
@@ -204,24 +203,8 @@ def main():
             groups = [torch.cat(crops[groups_at[i]:groups_at[i + 1]])
                       .contiguous(memory_format=fmt) for i in range(len(s["nmb_crops"]))]
             embedding, output = model(groups)
-            embedding = embedding.detach()
-            loss = 0
-            for i, crop_id in enumerate(assign):
-                with torch.no_grad():
-                    out = output[bs * crop_id: bs * (crop_id + 1)].detach()
-                    if queue is not None:
-                        if use_the_queue or not torch.all(queue[i, -1, :] == 0):
-                            use_the_queue = True
-                            out = torch.cat((torch.mm(queue[i], model.prototypes.weight.t()), out))
-                        queue[i, bs:] = queue[i, :-bs].clone()
-                        queue[i, :bs] = embedding[crop_id * bs: (crop_id + 1) * bs]
-                    q = distributed_sinkhorn(out, s["epsilon"], s["sinkhorn_iterations"])[-bs:]
-                subloss = 0
-                for v in np.delete(np.arange(n_crops), crop_id):
-                    x = output[bs * v: bs * (v + 1)] / s["temperature"]
-                    subloss -= torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
-                loss += subloss / (n_crops - 1)
-            loss /= len(assign)
+            loss, use_the_queue = swav_loss(model, embedding.detach(), output, queue,
+                                            use_the_queue, s)
             optimizer.zero_grad()
             loss.backward()
             if it < s["freeze_prototypes_niters"]:

@@ -204,6 +204,32 @@ def distributed_sinkhorn(out, epsilon, iterations):
     return Q.t()
 
 
+def swav_loss(model, embedding, output, queue, use_the_queue, s):
+    """main_swav.py's loss of one step: for each crop in crops_for_assign, without gradient,
+    the queue's scores prepended once its last row is filled (`use_the_queue` says whether it
+    was, and is returned updated), the queue shifted and pushed, distributed_sinkhorn; then
+    the swapped prediction over all other crops at temperature T, averaged."""
+    bs = s["batch_size"]
+    n_crops = sum(s["nmb_crops"])
+    loss = 0
+    for i, crop_id in enumerate(s["crops_for_assign"]):
+        with torch.no_grad():
+            out = output[bs * crop_id: bs * (crop_id + 1)].detach()
+            if queue is not None:
+                if use_the_queue or not torch.all(queue[i, -1, :] == 0):
+                    use_the_queue = True
+                    out = torch.cat((torch.mm(queue[i], model.prototypes.weight.t()), out))
+                queue[i, bs:] = queue[i, :-bs].clone()
+                queue[i, :bs] = embedding[crop_id * bs: (crop_id + 1) * bs]
+            q = distributed_sinkhorn(out, s["epsilon"], s["sinkhorn_iterations"])[-bs:]
+        subloss = 0
+        for v in np.delete(np.arange(n_crops), crop_id):
+            x = output[bs * v: bs * (v + 1)] / s["temperature"]
+            subloss -= torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
+        loss += subloss / (n_crops - 1)
+    return loss / len(s["crops_for_assign"]), use_the_queue
+
+
 def train(cfg, init, batches, channels_last, threads, start=0, stop=None, momentum=None,
           dump_at=()):
     """Trains from `init` (weights under our names) at iteration `start`, with the momentum
@@ -239,9 +265,7 @@ def train(cfg, init, batches, channels_last, threads, start=0, stop=None, moment
                 buf = momentum[n].t() if ours_to_torch(n)[1] else momentum[n]
                 sgd.state[p]["momentum_buffer"] = buf.clone().contiguous()
     dumps = {}
-    n_crops = sum(s["nmb_crops"])
     assign = s["crops_for_assign"]
-    bs = s["batch_size"]
     queue = None
     losses, lrs = [], []
     stop = len(schedule) if stop is None else stop
@@ -270,24 +294,8 @@ def train(cfg, init, batches, channels_last, threads, start=0, stop=None, moment
                 w = F.normalize(model.prototypes.weight.data.clone(), dim=1, p=2)
                 model.prototypes.weight.copy_(w)
             embedding, output = model([g.contiguous(memory_format=fmt) for g in groups])
-            embedding = embedding.detach()
-            loss = 0
-            for i, crop_id in enumerate(assign):
-                with torch.no_grad():
-                    out = output[bs * crop_id: bs * (crop_id + 1)].detach()
-                    if queue is not None:
-                        if use_the_queue or not torch.all(queue[i, -1, :] == 0):
-                            use_the_queue = True
-                            out = torch.cat((torch.mm(queue[i], model.prototypes.weight.t()), out))
-                        queue[i, bs:] = queue[i, :-bs].clone()
-                        queue[i, :bs] = embedding[crop_id * bs: (crop_id + 1) * bs]
-                    q = distributed_sinkhorn(out, s["epsilon"], s["sinkhorn_iterations"])[-bs:]
-                subloss = 0
-                for v in np.delete(np.arange(n_crops), crop_id):
-                    x = output[bs * v: bs * (v + 1)] / s["temperature"]
-                    subloss -= torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
-                loss += subloss / (n_crops - 1)
-            loss /= len(assign)
+            loss, use_the_queue = swav_loss(model, embedding.detach(), output, queue,
+                                            use_the_queue, s)
             optimizer.zero_grad()
             loss.backward()
             if it < s["freeze_prototypes_niters"]:
