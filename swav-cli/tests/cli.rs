@@ -138,7 +138,14 @@ fn pretrain_on_a_folder_without_a_config_takes_the_cifar10_cpu_recipe_and_says_s
     let written = std::fs::read_to_string(run.join("config.toml")).expect("config.toml");
     let recipe: toml::Table = toml::from_str(swav_train::CIFAR10_CPU_RECIPE).expect("recipe");
     let got: toml::Table = toml::from_str(&written).expect("config");
-    for key in ["base_width", "nmb_prototypes", "size_crops", "epochs", "base_lr", "optimizer"] {
+    for key in [
+        "base_width",
+        "nmb_prototypes",
+        "size_crops",
+        "epochs",
+        "base_lr",
+        "optimizer",
+    ] {
         assert_eq!(got["swav"][key], recipe["swav"][key], "swav.{key}");
     }
     assert_eq!(got["data"]["kind"].as_str(), Some("folder"));

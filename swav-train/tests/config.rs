@@ -218,9 +218,12 @@ fn the_kernel_cache_folder_follows_config_then_environment() {
 
 #[test]
 fn the_cifar10_cpu_recipe_is_the_default_for_a_folder_with_a_bounded_monitor() {
-    let file = TrainConfig::load(configs_dir().join("cifar10-cpu.toml"), &[]).expect("parses");
+    let path = "data.path=\"/data/cifar10-jpeg\"".to_string();
+    let file = TrainConfig::load(configs_dir().join("cifar10-cpu.toml"), &[path]).expect("parses");
     file.validate().expect("valid");
-    let folder = TrainConfig::folder_default().expect("the default");
+    let mut folder = TrainConfig::folder_default().expect("the default");
+    assert_eq!(folder.data.path, None, "the path comes from --data");
+    folder.data.path = file.data.path.clone();
     folder.validate().expect("valid");
     assert_eq!(folder.swav, file.swav, "the same method");
     assert_eq!(folder.data, file.data, "the same data settings");
@@ -234,5 +237,9 @@ fn the_cifar10_cpu_recipe_is_the_default_for_a_folder_with_a_bounded_monitor() {
         (0, 0),
         "the recipe's figures use the whole splits"
     );
-    assert_ne!(folder.swav, TrainConfig::demo().swav, "not the demo's recipe");
+    assert_ne!(
+        folder.swav,
+        TrainConfig::demo().swav,
+        "not the demo's recipe"
+    );
 }

@@ -21,57 +21,12 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use burn::store::ModuleSnapshot;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// The run every case uses: a narrow ResNet-18, 16 px and 8 px crops, 64 Shapes10 images in
-/// batches of 16 (4 iterations per epoch), 3 epochs, a queue from epoch 1, prototypes frozen for
-/// 2 iterations, a checkpoint every 3 iterations, a metrics line every iteration.
-const TINY: &[&str] = &[
-    "--quiet",
-    "--no-baseline",
-    "--set",
-    "swav.base_width=4",
-    "--set",
-    "swav.hidden_mlp=16",
-    "--set",
-    "swav.feat_dim=8",
-    "--set",
-    "swav.nmb_prototypes=[10]",
-    "--set",
-    "swav.nmb_crops=[2, 1]",
-    "--set",
-    "swav.size_crops=[16, 8]",
-    "--set",
-    "swav.min_scale_crops=[0.3, 0.1]",
-    "--set",
-    "swav.max_scale_crops=[1.0, 0.3]",
-    "--set",
-    "swav.batch_size=16",
-    "--set",
-    "swav.epochs=3",
-    "--set",
-    "swav.warmup_epochs=1",
-    "--set",
-    "swav.queue_length=32",
-    "--set",
-    "swav.epoch_queue_starts=1",
-    "--set",
-    "swav.freeze_prototypes_niters=2",
-    "--set",
-    "data.shapes10_train=64",
-    "--set",
-    "data.shapes10_test=32",
-    "--set",
-    "data.workers=2",
-    "--set",
-    "run.checkpoint_every=3",
-    "--set",
-    "run.log_every=1",
-    "--set",
-    "run.knn_every=0",
-];
+mod common;
+use common::{TINY, assert_same_tensors, tensors, text};
+
 const ITERATIONS: u64 = 12;
 
 /// `pretrain` into `out` with the tiny settings and `extra`.
@@ -90,50 +45,6 @@ fn run(out: &Path, extra: &[&str]) -> Output {
     pretrain(out, extra)
         .output()
         .expect("the xtask binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Every tensor of a checkpoint as raw bits, by name: the model's (parameters and BatchNorm
-/// statistics, loaded into the model its spec describes) and the stored arrays (optimiser
-/// state, queues).
-fn tensors(ckpt: &Path) -> Vec<(String, Vec<u8>)> {
-    let c = swav_models::read_checkpoint(ckpt).expect("the checkpoint reads");
-    let spec = c.spec().expect("spec").expect("a spec");
-    let model = spec.init(&burn::tensor::Device::flex()).expect("model");
-    let model = c.load_model(model).expect("weights load");
-    let mut v: Vec<(String, Vec<u8>)> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|t| {
-            let name = t.name.clone();
-            (name, t.into_bytes().expect("bytes").to_vec())
-        })
-        .collect();
-    for (name, a) in &c.arrays {
-        let bytes = a.values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        v.push((format!("array {name}"), bytes));
-    }
-    v.sort();
-    v
-}
-
-fn assert_same_tensors(got: &Path, reference: &Path, case: &str) {
-    let (a, b) = (tensors(got), tensors(reference));
-    assert_eq!(a.len(), b.len(), "{case}: tensor count");
-    for ((n1, b1), (n2, b2)) in a.iter().zip(&b) {
-        assert_eq!(n1, n2, "{case}");
-        assert!(
-            b1 == b2,
-            "{case}: tensor {n1} differs from the uninterrupted run"
-        );
-    }
 }
 
 /// The iteration stored in a checkpoint.

@@ -20,55 +20,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::store::ModuleSnapshot;
-
-/// A narrow ResNet-18 on 64 Shapes10 images, 16 images per worker (2 iterations an epoch with
-/// 2 workers), 3 epochs, a queue from epoch 1, prototypes frozen for 2 iterations, a
-/// checkpoint every 3 iterations, a metrics line every iteration.
-const TINY: &[&str] = &[
-    "--quiet",
-    "--no-baseline",
-    "--set",
-    "swav.base_width=4",
-    "--set",
-    "swav.hidden_mlp=16",
-    "--set",
-    "swav.feat_dim=8",
-    "--set",
-    "swav.nmb_prototypes=[10]",
-    "--set",
-    "swav.nmb_crops=[2, 1]",
-    "--set",
-    "swav.size_crops=[16, 8]",
-    "--set",
-    "swav.min_scale_crops=[0.3, 0.1]",
-    "--set",
-    "swav.max_scale_crops=[1.0, 0.3]",
-    "--set",
-    "swav.batch_size=16",
-    "--set",
-    "swav.epochs=3",
-    "--set",
-    "swav.warmup_epochs=1",
-    "--set",
-    "swav.queue_length=64",
-    "--set",
-    "swav.epoch_queue_starts=1",
-    "--set",
-    "swav.freeze_prototypes_niters=2",
-    "--set",
-    "data.shapes10_train=64",
-    "--set",
-    "data.shapes10_test=32",
-    "--set",
-    "data.workers=1",
-    "--set",
-    "run.checkpoint_every=3",
-    "--set",
-    "run.log_every=1",
-    "--set",
-    "run.knn_every=0",
-];
+mod common;
+use common::{TINY, assert_same_tensors, text};
 
 fn xtask() -> &'static str {
     env!("CARGO_BIN_EXE_xtask")
@@ -115,14 +68,6 @@ fn output(mut c: Command) -> Output {
         .expect("the command runs (is mpirun on the PATH?)")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn ok(c: Command, case: &str) {
     let o = output(c);
     assert!(o.status.success(), "{case}: {}", text(&o));
@@ -137,50 +82,6 @@ fn losses(out: &Path) -> Vec<f64> {
         .filter(|r| r["type"] == "step")
         .map(|r| r["loss"].as_f64().expect("loss"))
         .collect()
-}
-
-/// Every tensor of a checkpoint (the model's, then the stored arrays: optimiser state,
-/// queues), by name, as f32 values.
-fn tensors(ckpt: &Path) -> Vec<(String, Vec<f32>)> {
-    let c = swav_models::read_checkpoint(ckpt).expect("the checkpoint reads");
-    let spec = c.spec().expect("spec").expect("a spec");
-    let model = spec.init(&burn::tensor::Device::flex()).expect("model");
-    let model = c.load_model(model).expect("weights load");
-    let mut v: Vec<(String, Vec<f32>)> = model
-        .collect(None, None, false)
-        .into_iter()
-        .filter_map(|t| {
-            let name = t.name.clone();
-            let data = burn::store::bridge::into_data(t).ok()?;
-            let values = data.convert::<f32>().try_to_vec::<f32>().ok()?;
-            Some((name, values))
-        })
-        .collect();
-    for (name, a) in &c.arrays {
-        v.push((format!("array {name}"), a.values.clone()));
-    }
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// Every tensor of `got` within `tol` of `reference`'s, relative to the tensor's largest value
-/// (bit-identical with `tol` 0).
-fn assert_close_tensors(got: &Path, reference: &Path, tol: f32, case: &str) {
-    let (a, b) = (tensors(got), tensors(reference));
-    assert_eq!(
-        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
-        b.iter().map(|t| &t.0).collect::<Vec<_>>(),
-        "{case}: the same tensors"
-    );
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert_eq!(x.len(), y.len(), "{case}: {name} size");
-        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let worst = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-        assert!(
-            worst <= tol * scale,
-            "{case}: {name} differs by {worst} (scale {scale}, tolerance {tol})"
-        );
-    }
 }
 
 #[test]
@@ -215,10 +116,9 @@ fn two_processes_train_as_two_threads_with_and_without_synchronised_batch_norm()
         let (a, b) = (losses(&procs), losses(&threads));
         assert_eq!(a.len(), 6, "{sync}: 3 epochs of 2 steps");
         assert_eq!(a, b, "{sync}: the losses");
-        assert_close_tensors(
+        assert_same_tensors(
             &procs.join("checkpoint.bpk"),
             &threads.join("checkpoint.bpk"),
-            0.0,
             sync,
         );
         let summary = std::fs::read_to_string(procs.join("summary.json")).expect("summary");
@@ -334,10 +234,9 @@ fn a_job_stopped_and_resumed_under_mpirun_ends_bit_identical_and_another_count_i
         text(&o)
     );
     ok(mpirun(2, &out, &[]), "resumed job");
-    assert_close_tensors(
+    assert_same_tensors(
         &out.join("checkpoint.bpk"),
         &reference.join("checkpoint.bpk"),
-        0.0,
         "resumed under mpirun",
     );
 }
