@@ -82,7 +82,7 @@ pub fn processes() -> Result<Option<swav_train::process::SharedProcessGroup>> {
             anyhow::bail!(
                 "started by an MPI launcher as one of {n} processes, but this swav was built \
                  without the `mpi` feature: rebuild with `--features mpi` (see the README's \
-                 \"Several machines\"), or run one process with --devices N for threads"
+                 \"Several workers\"), or run one process with --devices N for threads"
             );
         }
         Ok(None)
