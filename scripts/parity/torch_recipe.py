@@ -44,33 +44,6 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class LARCExcluding(LARC):
-    """LARC that leaves one-dimensional parameters (BatchNorm's, biases) to plain momentum
-    SGD without weight decay, as swav-rs's `lars_exclude_bn_bias` does."""
-
-    def step(self):
-        with torch.no_grad():
-            for group in self.optim.param_groups:
-                wd = group.get("weight_decay", 0)
-                for p in group["params"]:
-                    if p.grad is None or p.ndim == 1:
-                        continue
-                    p_norm = torch.norm(p.data)
-                    g_norm = torch.norm(p.grad.data)
-                    if p_norm != 0 and g_norm != 0:
-                        adaptive_lr = self.trust * p_norm / (g_norm + p_norm * wd + self.eps)
-                        if self.clip:
-                            adaptive_lr = min(adaptive_lr / group["lr"], 1)
-                        p.grad.data += wd * p.data
-                        p.grad.data *= adaptive_lr
-        saved = [g.get("weight_decay", 0) for g in self.optim.param_groups]
-        for g in self.optim.param_groups:
-            g["weight_decay"] = 0
-        self.optim.step()
-        for g, wd in zip(self.optim.param_groups, saved):
-            g["weight_decay"] = wd
-
-
 def augmentation(cfg):
     s, d = cfg["swav"], cfg["data"]
     if d["augment"] == "cifar":
@@ -165,8 +138,8 @@ def main():
     sgd = torch.optim.SGD(model.parameters(), lr=s["base_lr"], momentum=s["momentum"],
                           weight_decay=s["wd"])
     if s["optimizer"] == "lars":
-        cls = LARCExcluding if s["lars_exclude_bn_bias"] else LARC
-        optimizer = cls(sgd, s["lars_trust_coefficient"], s.get("lars_clip", False))
+        optimizer = LARC(sgd, s["lars_trust_coefficient"], s.get("lars_clip", False),
+                         exclude_1d=s["lars_exclude_bn_bias"])
     elif s["optimizer"] == "sgd":
         optimizer = sgd
     else:

@@ -156,8 +156,11 @@ def export_ours(model, names):
 class LARC:
     """apex.parallel.LARC around an optimizer, as main_swav.py uses it."""
 
-    def __init__(self, optimizer, trust_coefficient, clip, eps=1e-8):
+    def __init__(self, optimizer, trust_coefficient, clip, eps=1e-8, exclude_1d=False):
         self.optim, self.trust, self.clip, self.eps = optimizer, trust_coefficient, clip, eps
+        # swav-rs's `lars_exclude_bn_bias`: one-dimensional parameters (BatchNorm's, biases)
+        # left to plain momentum SGD, without adaptation or weight decay.
+        self.exclude_1d = exclude_1d
 
     @property
     def param_groups(self):
@@ -174,7 +177,7 @@ class LARC:
                 weight_decays.append(wd)
                 group["weight_decay"] = 0
                 for p in group["params"]:
-                    if p.grad is None:
+                    if p.grad is None or (self.exclude_1d and p.ndim == 1):
                         continue
                     p_norm = torch.norm(p.data)
                     g_norm = torch.norm(p.grad.data)

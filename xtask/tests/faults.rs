@@ -25,21 +25,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{TINY, assert_same_tensors, tensors, text};
+use common::{assert_same_tensors, pretrain, tensors, text};
 
 const ITERATIONS: u64 = 12;
-
-/// `pretrain` into `out` with the tiny settings and `extra`.
-fn pretrain(out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    c.arg("pretrain")
-        .arg("--out")
-        .arg(out)
-        .args(TINY)
-        .args(extra)
-        .stdin(Stdio::null());
-    c
-}
 
 fn run(out: &Path, extra: &[&str]) -> Output {
     pretrain(out, extra)

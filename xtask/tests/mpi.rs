@@ -17,15 +17,11 @@
 #![cfg(feature = "mpi")]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{TINY, assert_same_tensors, text};
-
-fn xtask() -> &'static str {
-    env!("CARGO_BIN_EXE_xtask")
-}
+use common::{assert_same_tensors, pretrain, text, with_pretrain_args, xtask};
 
 /// `mpirun -np n xtask pretrain --out out TINY extra`.
 fn mpirun(n: usize, out: &Path, extra: &[&str]) -> Command {
@@ -39,28 +35,19 @@ fn mpirun_with(n: usize, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Co
     for (k, v) in env {
         c.env(k, v).args(["-x", k]);
     }
-    c.arg("-np")
-        .arg(n.to_string())
-        .arg(xtask())
-        .arg("pretrain")
-        .arg("--out")
-        .arg(out)
-        .args(TINY)
-        .args(extra)
-        .stdin(Stdio::null());
+    c.arg("-np").arg(n.to_string()).arg(xtask());
+    with_pretrain_args(&mut c, out, extra);
     c
 }
 
-/// `xtask pretrain --out out TINY extra` in one process.
-fn single(out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(xtask());
-    c.arg("pretrain")
-        .arg("--out")
-        .arg(out)
-        .args(TINY)
-        .args(extra)
-        .stdin(Stdio::null());
-    c
+/// The output of `child` once it exits; fails with `hang` if it runs longer than `limit`.
+fn ended_within(mut child: Child, limit: Duration, hang: &str) -> Output {
+    let t0 = Instant::now();
+    while child.try_wait().expect("status").is_none() {
+        assert!(t0.elapsed() < limit, "{hang}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
 }
 
 fn output(mut c: Command) -> Output {
@@ -107,7 +94,7 @@ fn two_processes_train_as_two_threads_with_and_without_synchronised_batch_norm()
         );
         let mut args = vec!["--devices", "2"];
         args.extend_from_slice(extra);
-        let mut c = single(&threads, &args);
+        let mut c = pretrain(&threads, &args);
         c.env("RAYON_NUM_THREADS", "1");
         ok(c, sync);
         // Six steps through the warmup, the prototypes' unfreezing and the queue's start: the
@@ -187,20 +174,13 @@ fn a_rank_killed_outright_ends_the_job_with_an_error_naming_it() {
         .status()
         .expect("kill runs");
     assert!(killed.success());
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("status") {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "rank 0 still runs a minute after rank 1 was killed: the job hangs"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let o = child.wait_with_output().expect("output");
+    let o = ended_within(
+        child,
+        Duration::from_secs(60),
+        "rank 0 still runs a minute after rank 1 was killed: the job hangs",
+    );
     let t = text(&o);
-    assert!(!status.success(), "the job reports failure: {t}");
+    assert!(!o.status.success(), "the job reports failure: {t}");
     assert!(
         t.contains("rank 1"),
         "the error names the rank that died: {t}"
@@ -217,7 +197,7 @@ fn a_job_stopped_and_resumed_under_mpirun_ends_bit_identical_and_another_count_i
     // of iteration 3 (mid-epoch) was written.
     let o = output(mpirun(2, &out, &["--stop-after", "4"]));
     assert!(o.status.success(), "stopped job: {}", text(&o));
-    let o = output(single(&out, &[]));
+    let o = output(pretrain(&out, &[]));
     assert!(
         !o.status.success(),
         "one process resumed a 2-process checkpoint"
@@ -247,20 +227,16 @@ fn an_error_on_one_rank_ends_the_job_with_an_error_naming_the_rank_and_the_cause
     // with the error; rank 1, already in the next step's collectives, must not wait for ever.
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("full");
-    let mut child = mpirun(2, &out, &["--inject-fault", "enospc-checkpoint@3"])
+    let child = mpirun(2, &out, &["--inject-fault", "enospc-checkpoint@3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("mpirun starts");
-    let t0 = Instant::now();
-    while child.try_wait().expect("status").is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the job still runs two minutes after rank 0 failed: it hangs"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let o = child.wait_with_output().expect("output");
+    let o = ended_within(
+        child,
+        Duration::from_secs(120),
+        "the job still runs two minutes after rank 0 failed: it hangs",
+    );
     let t = text(&o);
     assert!(!o.status.success(), "the job reports failure: {t}");
     assert!(t.contains("rank 0 of 2 failed"), "names the rank: {t}");

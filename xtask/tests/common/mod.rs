@@ -2,7 +2,7 @@
 //! checkpoints.
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 
 use burn::store::ModuleSnapshot;
 
@@ -53,6 +53,29 @@ pub const TINY: &[&str] = &[
     "--set",
     "run.knn_every=0",
 ];
+/// The xtask binary under test.
+pub fn xtask() -> &'static str {
+    env!("CARGO_BIN_EXE_xtask")
+}
+
+/// Adds `pretrain --out out`, the tiny settings and `extra` to a command that runs the xtask
+/// binary (directly, or under a launcher).
+pub fn with_pretrain_args<'c>(c: &'c mut Command, out: &Path, extra: &[&str]) -> &'c mut Command {
+    c.arg("pretrain")
+        .arg("--out")
+        .arg(out)
+        .args(TINY)
+        .args(extra)
+        .stdin(Stdio::null())
+}
+
+/// `xtask pretrain --out out` with the tiny settings and `extra`.
+pub fn pretrain(out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(xtask());
+    with_pretrain_args(&mut c, out, extra);
+    c
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
