@@ -211,7 +211,7 @@ fn loader_bench(args: &BenchArgs, dir: &std::path::Path, crops: &[(usize, usize)
     Ok(())
 }
 
-fn parse_crops(s: &str) -> Result<Vec<(usize, usize)>> {
+pub(crate) fn parse_crops(s: &str) -> Result<Vec<(usize, usize)>> {
     s.split(',')
         .map(|c| {
             let (n, size) = c

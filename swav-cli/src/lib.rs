@@ -11,6 +11,7 @@ pub mod export;
 pub mod pretrain;
 mod progress;
 mod signals;
+pub mod step_check;
 
 use std::sync::OnceLock;
 
@@ -48,6 +49,9 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Semi-supervised fine-tuning on a label subset (the original's 1 % / 10 % recipes).
     Semisup(eval::SemiSupArgs),
+    /// One training step on `--device` (and `--amp`) against the same step on the CPU in f32:
+    /// loss, codes and every gradient compared; one JSON line, exit status 1 past tolerance.
+    StepCheck(step_check::StepCheckArgs),
 }
 
 /// How the commands extract features for `config`'s data: its evaluation transform, `batch`
@@ -102,5 +106,6 @@ pub fn run(command: Command, alloc: Option<&'static swav_engine::BlockCache>) ->
         Command::Semisup(args) => eval::semisup(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::StepCheck(args) => step_check::run(&args),
     }
 }

@@ -32,6 +32,7 @@ fn help_lists_the_commands_and_the_values_of_each_option() {
         "bench",
         "export",
         "completions",
+        "step-check",
     ] {
         assert!(text(&o).contains(c), "`{c}` missing from: {}", text(&o));
     }
@@ -150,4 +151,44 @@ fn pretrain_on_a_folder_without_a_config_takes_the_cifar10_cpu_recipe_and_says_s
     }
     assert_eq!(got["data"]["kind"].as_str(), Some("folder"));
     assert_eq!(got["swav"]["batch_size"].as_integer(), Some(8));
+}
+
+/// `swav step-check` on the CPU with f16 autocast against the CPU in f32: one JSON line with the
+/// differences, within the half-precision tolerance; held to zero tolerance, the same step fails
+/// with exit status 1 and names what exceeded it; an unknown half type is refused.
+#[test]
+fn step_check_compares_a_precision_with_the_cpu_and_fails_past_its_tolerance() {
+    let small = [
+        "--device",
+        "cpu",
+        "--base-width",
+        "4",
+        "--batch",
+        "8",
+        "--prototypes",
+        "32",
+    ];
+    let o = swav(&[&small[..], &["--amp", "f16"][..]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let line = stdout.lines().last().expect("a JSON line");
+    let r: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(r["within_tolerance"], true, "{line}");
+    assert_eq!(r["amp"], "f16");
+    assert!(r["gradients"].as_u64().expect("count") > 40, "{line}");
+    let loss_rel = r["loss_rel"].as_f64().expect("loss_rel");
+    let grads_rel = r["grads_rel"].as_f64().expect("grads_rel");
+    assert!(loss_rel > 0.0 && grads_rel > 0.0, "f16 rounds: {line}");
+
+    let o = swav(&[&small[..], &["--amp", "f16", "--tolerance", "0,0,0,0"][..]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("differs from the CPU's: loss (relative)"),
+        "{}",
+        text(&o)
+    );
+
+    let o = swav(&[&small[..], &["--amp", "f8"][..]].concat());
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--amp takes f16 or bf16"), "{}", text(&o));
 }

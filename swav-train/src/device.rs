@@ -49,7 +49,7 @@ pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
     let gpu = gpu_name(name).map_err(|e| TrainError::ConfigFile(format!("{field}: {e}")))?;
     match (name, gpu) {
         ("cpu", _) => Ok(Device::flex()),
-        #[cfg(feature = "wgpu")]
+        #[cfg(feature = "wgpu-bare")]
         (_, Some((api @ (GpuApi::Wgpu | GpuApi::Vulkan), index))) => {
             use burn::tensor::DeviceKind;
             let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
@@ -77,7 +77,7 @@ pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
 /// What to choose or rebuild with when a device name is not built in.
 fn not_built_hint(wanted: Option<GpuApi>) -> String {
     let mut built = vec!["cpu"];
-    if cfg!(feature = "wgpu") {
+    if cfg!(feature = "wgpu-bare") {
         built.extend(["wgpu", "wgpu:N", "vulkan", "vulkan:N"]);
     }
     if cfg!(feature = "cuda") {
@@ -158,7 +158,7 @@ pub fn configure_kernel_cache(
     if !uses_gpu(config) || std::env::var_os("SWAV_KERNEL_CACHE").is_some_and(|v| v == "off") {
         return Ok(None);
     }
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    #[cfg(any(feature = "wgpu-bare", feature = "cuda"))]
     {
         use burn::cubecl::config::cache::CacheConfig;
         use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
@@ -168,9 +168,27 @@ pub fn configure_kernel_cache(
         runtime.environment.path = CacheConfig::Directory(dir.clone());
         Ok(CubeClRuntimeConfig::try_set(runtime).then_some(dir))
     }
-    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    #[cfg(not(any(feature = "wgpu-bare", feature = "cuda")))]
     {
         let _ = config;
         Ok(None)
+    }
+}
+
+/// Which of burn's GPU defaults this build has (the `gpu-autotune` and `gpu-fusion` features,
+/// both in `wgpu` and `cuda`; `wgpu-bare` has neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct GpuBuild {
+    /// The fastest kernel per shape, measured at run time.
+    pub autotune: bool,
+    /// Kernel fusion.
+    pub fusion: bool,
+}
+
+/// This build's GPU defaults.
+pub fn gpu_build() -> GpuBuild {
+    GpuBuild {
+        autotune: cfg!(feature = "gpu-autotune"),
+        fusion: cfg!(feature = "gpu-fusion"),
     }
 }

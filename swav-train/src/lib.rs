@@ -20,6 +20,7 @@
 
 mod adapters;
 mod amp;
+pub mod compare;
 mod config;
 mod data;
 mod device;
@@ -47,8 +48,8 @@ pub use amp::{LossScaler, autocast_for};
 pub use config::{CIFAR10_CPU_RECIPE, DataConfig, DataKind, RunConfig, TrainConfig};
 pub use data::{DynDataset, RunData, open_data};
 pub use device::{
-    configure_kernel_cache, device_for, device_named, devices_for, kernel_cache_dir, seeded_init,
-    uses_gpu,
+    GpuBuild, configure_kernel_cache, device_for, device_named, devices_for, gpu_build,
+    kernel_cache_dir, seeded_init, uses_gpu,
 };
 pub use error::TrainError;
 pub use fault::{FaultTarget, InjectedFault};

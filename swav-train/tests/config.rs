@@ -102,7 +102,7 @@ fn unknown_and_invalid_settings_are_refused_with_their_names() {
     let c = TrainConfig::from_toml("", &["run.device=\"wgpu:1\"".into()]).expect("parses");
     c.validate().expect("wgpu:N is a device name");
     // Without the `wgpu` feature the GPU is named but not built in: a clear error, no panic.
-    if !cfg!(feature = "wgpu") {
+    if !cfg!(feature = "wgpu-bare") {
         let e = swav_train::device_for(&c).expect_err("not built in");
         assert!(e.to_string().contains("--features wgpu"), "{e}");
     }
@@ -177,7 +177,7 @@ fn gpu_device_names_are_checked_and_a_cpu_build_says_so() {
         let err = c.validate().expect_err(bad).to_string();
         assert!(err.contains("run.device"), "{bad}: {err}");
     }
-    if !cfg!(feature = "wgpu") {
+    if !cfg!(feature = "wgpu-bare") {
         let err = swav_train::device_named("vulkan:1", "run.device")
             .expect_err("no GPU in this build")
             .to_string();
