@@ -23,8 +23,9 @@
 # scripts/lavapipe-root.sh builds (it builds it first when missing). The binaries are
 # target/lavapipe/xtask{,-no-fusion,-no-autotune} (CARGO_TARGET_DIR is honoured): the dev profile
 # of `--features wgpu`, `--features wgpu-bare,gpu-autotune` and `--features wgpu-bare,gpu-fusion`.
-# Time on two cores: about 25 minutes for the three builds on a warm target folder, and the
-# checks' own time, printed at the end (docs/benchmarks.md has a measured run).
+# Time on two cores: the checks take about 7 minutes (printed at the end; docs/benchmarks.md has
+# a measured run), the three builds a few minutes each on a warm target folder (about 20 for the
+# first from cold).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +72,8 @@ started=$(date +%s)
 verdict() { if [ "$1" = 1 ]; then echo "PASS: $2"; else echo "FAIL: $2"; failed=1; fi; }
 # Whether check $1 is asked for (LAVAPIPE_CHECK_ONLY="step evals ..." runs some; default all).
 wanted() { [ -z "${LAVAPIPE_CHECK_ONLY:-}" ] || [[ " $LAVAPIPE_CHECK_ONLY " == *" $1 "* ]]; }
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])$2)" "$3"; }
+# field JSON KEY: one value of a JSON line.
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
 mesa_version() { dpkg-query -W -f '${Version}' mesa-vulkan-drivers 2>/dev/null || echo unknown; }
 
@@ -100,7 +102,7 @@ import json, sys
 r = json.loads(sys.argv[1])
 print(f"loss {r['loss']:.6f} vs {r['reference_loss']:.6f} (rel {r['loss_rel']:.1e}), codes max diff "
       f"{r['codes_max_abs']:.1e}, gradients rel {r['grads_rel']:.1e}, worst {r['worst_gradient']} "
-      f"{r['worst_gradient_rel']:.1e}; {r['backend']}")
+      f"{r['worst_gradient_rel']:.1e}; {r['backend']}, autotune {r['gpu_build']['autotune']}")
 EOF
 )
     verdict "$([ "$status" = 0 ] && echo 1 || echo 0)" "$name: $summary ($(elapsed "$t"))"
@@ -164,7 +166,7 @@ if wanted cache; then
     }
     a=$(first) && b=$(first)
     if [ -n "$a" ] && [ -n "$b" ]; then
-        s1=$(field "$a" "['first_step_s']" "") ; s2=$(field "$b" "['first_step_s']" "")
+        s1=$(field "$a" first_step_s); s2=$(field "$b" first_step_s)
         ok=$(python3 -c "print(int($s2 < $s1))")
         verdict "$ok" "kernel cache: first step ${s1} s in a fresh cache, ${s2} s in the second run"
     else

@@ -1,6 +1,7 @@
 //! The commands of the `swav` binary, shared with `cargo xtask` (which adds the developer
 //! tasks): `pretrain` (SwAV pretraining, the built-in demo by default), the evaluations
-//! `linear-eval`, `knn-eval`, `semisup` and `assign`, `bench` and `export`.
+//! `linear-eval`, `knn-eval`, `semisup` and `assign`, `bench`, `export`, and `step-check` (one
+//! training step on a device against the same step on the CPU).
 //!
 //! An application crate: its library exists so that both binaries run the same code, and it
 //! reports errors with `anyhow` as binaries do.

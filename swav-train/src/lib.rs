@@ -17,6 +17,8 @@
 //! - [`StopRequest`]: a clean stop from outside (preemption): the step in progress finishes, a
 //!   checkpoint is written and the summary says where the run stopped.
 //! - [`Trainer`] puts them together; [`train`] runs it with the default parts.
+//! - [`compare`]: one step's loss, codes and gradients on two backends side by side (checking a
+//!   GPU backend or a precision against the CPU).
 
 mod adapters;
 mod amp;
