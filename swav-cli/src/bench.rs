@@ -222,6 +222,50 @@ pub(crate) fn parse_crops(s: &str) -> Result<Vec<(usize, usize)>> {
         .collect()
 }
 
+/// Mixed precision on `group` as the trainer's `use_fp16` sets it: `f16` (loss scale 2^16),
+/// `bf16`, or f32 (`None`).
+pub(crate) fn set_amp(
+    group: &mut WorkerGroup<swav_models::ResNet>,
+    amp: Option<&str>,
+) -> Result<()> {
+    match amp {
+        None => {}
+        Some("f16") => {
+            group.set_autocast(Some(burn::tensor::DType::F16));
+            group.set_loss_scale(swav_train::LossScaler::INITIAL);
+        }
+        Some("bf16") => group.set_autocast(Some(burn::tensor::DType::BF16)),
+        Some(other) => bail!("--amp takes f16 or bf16, not `{other}`"),
+    }
+    Ok(())
+}
+
+/// `workers` batches of `batch` images each, as the loader lays them out (one group per
+/// resolution of `crops`, `(count, size)`), with seeded uniform values in [-2, 2].
+pub(crate) fn random_batches(
+    crops: &[(usize, usize)],
+    batch: usize,
+    workers: usize,
+    seed: u64,
+) -> Vec<Vec<CropGroupBatch>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..workers)
+        .map(|_| {
+            crops
+                .iter()
+                .map(|&(n, s)| CropGroupBatch {
+                    size: s as u32,
+                    count: n,
+                    batch,
+                    data: (0..n * batch * 3 * s * s)
+                        .map(|_| rng.random_range(-2.0f32..2.0))
+                        .collect(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Runs `cargo xtask bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let crops = parse_crops(&args.crops)?;
@@ -284,31 +328,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(p) => WorkerGroup::in_processes(devices[rank].clone(), &swav, args.batch, p.clone()),
         None => WorkerGroup::new(devices, &swav, args.batch),
     };
-    match args.amp.as_deref() {
-        None => {}
-        Some("f16") => {
-            group.set_autocast(Some(burn::tensor::DType::F16));
-            group.set_loss_scale(swav_train::LossScaler::INITIAL);
-        }
-        Some("bf16") => group.set_autocast(Some(burn::tensor::DType::BF16)),
-        Some(other) => bail!("--amp takes f16 or bf16, not `{other}`"),
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(rank as u64);
-    let batches: Vec<Vec<CropGroupBatch>> = (0..local)
-        .map(|_| {
-            crops
-                .iter()
-                .map(|&(n, s)| CropGroupBatch {
-                    size: s as u32,
-                    count: n,
-                    batch: args.batch,
-                    data: (0..n * args.batch * 3 * s * s)
-                        .map(|_| rng.random_range(-2.0f32..2.0))
-                        .collect(),
-                })
-                .collect()
-        })
-        .collect();
+    set_amp(&mut group, args.amp.as_deref())?;
+    let batches = random_batches(crops.as_slice(), args.batch, local, rank as u64);
     let mut queues: Vec<_> = (0..local).map(|_| None).collect();
     let mut last = 0f64;
     let (mut timed, mut exchange) = (0f64, 0f64);

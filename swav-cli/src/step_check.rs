@@ -7,8 +7,6 @@
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use clap::Args;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use swav_core::SwavConfig;
 use swav_data::CropGroupBatch;
 use swav_models::SwavModelSpec;
@@ -113,39 +111,6 @@ fn parse_tolerance(s: &str) -> Result<StepTolerance> {
     })
 }
 
-fn autocast(group: &mut WorkerGroup<swav_models::ResNet>, amp: Option<&str>) -> Result<()> {
-    match amp {
-        None => {}
-        Some("f16") => {
-            group.set_autocast(Some(burn::tensor::DType::F16));
-            group.set_loss_scale(swav_train::LossScaler::INITIAL);
-        }
-        Some("bf16") => group.set_autocast(Some(burn::tensor::DType::BF16)),
-        Some(other) => bail!("--amp takes f16 or bf16, not `{other}`"),
-    }
-    Ok(())
-}
-
-/// Each worker's batch: seeded uniform values in [-2, 2], one group per resolution.
-fn batches(args: &StepCheckArgs, crops: &[(usize, usize)]) -> Vec<Vec<CropGroupBatch>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(1));
-    (0..args.workers)
-        .map(|_| {
-            crops
-                .iter()
-                .map(|&(n, s)| CropGroupBatch {
-                    size: s as u32,
-                    count: n,
-                    batch: args.batch,
-                    data: (0..n * args.batch * 3 * s * s)
-                        .map(|_| rng.random_range(-2.0f32..2.0))
-                        .collect(),
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// One side of the comparison: its devices and precision.
 struct Side<'a> {
     devices: Vec<burn::tensor::Device>,
@@ -162,7 +127,7 @@ fn run_side(
     let device = side.devices[0].clone().autodiff();
     let model = swav_train::normalize_heads(model.clone().fork(&device));
     let mut group = WorkerGroup::new(side.devices, swav, args.batch);
-    autocast(&mut group, side.amp)?;
+    crate::bench::set_amp(&mut group, side.amp)?;
     let t = std::time::Instant::now();
     let step = group.step_all_codes(&model, batches, &mut vec![None; args.workers])?;
     let seconds = t.elapsed().as_secs_f64();
@@ -218,7 +183,8 @@ pub fn run(args: &StepCheckArgs) -> Result<()> {
         nmb_prototypes: vec![args.prototypes],
         ..SwavConfig::default()
     };
-    let data = batches(args, &crops);
+    let data =
+        crate::bench::random_batches(&crops, args.batch, args.workers, args.seed.wrapping_add(1));
     let reference = Side {
         devices: vec![cpu; args.workers],
         amp: args.reference_amp.as_deref(),
