@@ -18,6 +18,7 @@
 #
 #   bash scripts/lavapipe_check.sh --build   build the three binaries (host), then check
 #   bash scripts/lavapipe_check.sh           check with the binaries already built
+#   LAVAPIPE_CHECK_ONLY="step variants workers evals cache resume" (any of them): some checks
 #
 # As root without a lavapipe ICD on the host, the checks run inside the root that
 # scripts/lavapipe-root.sh builds (it builds it first when missing). The binaries are
