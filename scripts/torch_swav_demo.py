@@ -1,4 +1,4 @@
-# PyTorch cross-check of swav-rs's demo recipe (issue 6): the same SwAV step, model and
+# PyTorch cross-check of swav-rs's demo recipe: the same SwAV step, model and
 # schedule as `configs/demo.toml`, written independently in PyTorch, trained on Shapes10
 # exported as an image folder, with the same kNN monitor. Used to tell a bug in our step from
 # a recipe that does not learn (docs/results.md).

@@ -10,9 +10,9 @@
 //!   and do better (61 %) without solving it (`docs/benchmarks.md`).
 //! - Most classes are patterns that fill the image (stripes, checkers, dots, rings, grid,
 //!   waves, blobs), so the random crops SwAV compares still share the class's structure; three
-//!   are single shapes (disc, square frame) or blobs. An earlier version drew one rotated shape
-//!   per image: even a supervised network barely learned it in the demo's budget (28 % after
-//!   8 epochs), and SwAV could not.
+//!   are single shapes (disc, square frame) or blobs. One rotated shape per image is too hard
+//!   for the demo's budget: even a supervised network barely learns it (28 % after 8 epochs),
+//!   and SwAV does not.
 //! - Each image's colours are an easy cue that both crops share, so SwAV learns colour unless
 //!   the augmentation hides it: the demo uses strong colour jitter and grayscale (the `demo`
 //!   augmentation preset).
