@@ -86,7 +86,7 @@ pub fn processes() -> Result<Option<swav_train::process::SharedProcessGroup>> {
         if n > 1 {
             anyhow::bail!(
                 "started by an MPI launcher as one of {n} processes, but this swav was built \
-                 without the `mpi` feature: rebuild with `--features mpi` (see the README's \
+                 without the `mpi` feature: rebuild with `--features mpi` (see docs/guide.md, \
                  \"Several workers\"), or run one process with --devices N for threads"
             );
         }

@@ -230,8 +230,8 @@ fn run_in(args: &PretrainArgs, processes: Option<SharedProcessGroup>) -> Result<
              of base width 16, 2 x 32 crops, 3000 prototypes, LARS, 15 epochs; images are \
              cropped and resized to 32 px), the default for --data without --config. The \
              demo's recipe is tuned for its generated shapes and does not learn on photographs. \
-             For larger images, more time or a GPU, pass --config (README: \"Training on real \
-             data\")."
+             For larger images, more time or a GPU, pass --config (docs/guide.md: \"Training on \
+             your data\")."
         );
     }
     crate::Registry::run(&spec, task)?
