@@ -105,10 +105,12 @@ fn write_probe(
         "arch": spec.arch, "base_width": spec.base_width, "cifar_stem": spec.cifar_stem,
         "hidden_mlp": spec.hidden_mlp, "feat_dim": spec.feat_dim, "prototypes": spec.prototypes,
     });
-    std::fs::write(
-        path.with_extension("json"),
-        serde_json::to_string_pretty(&meta)?,
-    )?;
+    let meta_path = path.with_extension("json");
+    swav_models::atomic::write_atomically(
+        &meta_path,
+        serde_json::to_string_pretty(&meta)?.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", meta_path.display()))?;
     Ok(())
 }
 

@@ -260,7 +260,6 @@ impl ModelTask for PretrainTask<'_> {
             resume_from: args.resume.clone(),
             stop_after: args.stop_after,
             stop: Some(crate::signals::stop_on_signals()?),
-            fault: args.inject_fault,
             processes: processes.clone(),
         };
         let mut progress = crate::progress::Progress::new(config.run.quiet);
@@ -268,8 +267,11 @@ impl ModelTask for PretrainTask<'_> {
         // Under mpirun, rank 0 shows the progress.
         let observer: &mut dyn swav_train::TrainObserver =
             if leader { &mut progress } else { &mut silent };
-        let outcome = Trainer::new(config, data)
-            .options(options)
+        let mut trainer = Trainer::new(config, data).options(options);
+        if let Some(fault) = &args.inject_fault {
+            trainer = trainer.faults(fault);
+        }
+        let outcome = trainer
             .observer(observer)
             .backbone_config(spec.backbone.clone())
             .run(|d| Ok(build(d)?))?;
@@ -397,11 +399,10 @@ fn report(args: &PretrainArgs, config: &TrainConfig, sm: &RunSummary) -> Result<
                 k.top1 - r.top1
             );
             let path = config.run.out_dir.join("knn_baseline.json");
-            std::fs::write(
-                &path,
-                serde_json::to_string_pretty(&serde_json::json!({"trained": k, "random_init": r}))?,
-            )
-            .with_context(|| format!("writing {}", path.display()))?;
+            let text =
+                serde_json::to_string_pretty(&serde_json::json!({"trained": k, "random_init": r}))?;
+            swav_models::atomic::write_atomically(&path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(())

@@ -1,7 +1,6 @@
 //! Cluster assignment: each image's prototype (the cluster SwAV put it in) and the confidence
 //! of that code, written as CSV, with the clusters' purity when the dataset has labels.
 
-use std::io::Write;
 use std::path::Path;
 
 use burn::module::Module;
@@ -151,10 +150,6 @@ impl Assignments {
     /// Writes `index,file,label,cluster,confidence` rows (label empty when unknown) to `path`,
     /// atomically.
     pub fn write_csv(&self, path: &Path) -> Result<(), EvalError> {
-        let tmp = path.with_extension("csv.tmp");
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(&tmp).map_err(|e| EvalError::io(&tmp, e))?,
-        );
         let mut text = String::from("index,file,label,cluster,confidence\n");
         for r in &self.rows {
             text.push_str(&format!(
@@ -166,11 +161,8 @@ impl Assignments {
                 r.confidence
             ));
         }
-        out.write_all(text.as_bytes())
-            .and_then(|_| out.flush())
-            .map_err(|e| EvalError::io(&tmp, e))?;
-        drop(out);
-        std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
+        swav_models::atomic::write_atomically(path, text.as_bytes())
+            .map_err(|e| EvalError::io(path, e))
     }
 }
 
@@ -309,9 +301,6 @@ pub fn cluster_grid<D: ImageDataset + ?Sized>(
             labels,
         });
     }
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| EvalError::io(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))?;
+    crate::plot::save_png(&img, path)?;
     Ok(rows)
 }

@@ -12,6 +12,8 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use swav_models::atomic::AtomicFile;
+
 use crate::EvalError;
 use crate::features::Features;
 
@@ -20,8 +22,8 @@ const HEADER: u64 = 32;
 
 /// Writes a feature file row batch by row batch.
 pub struct FeatureWriter {
-    out: BufWriter<File>,
-    tmp: PathBuf,
+    out: BufWriter<AtomicFile>,
+    /// The destination (the file is written beside it and moved into place when finished).
     path: PathBuf,
     dim: usize,
     rows: u64,
@@ -35,13 +37,12 @@ impl FeatureWriter {
         if dim == 0 {
             return Err(EvalError::invalid("dim", "must be at least 1"));
         }
-        let tmp = path.with_extension("features.tmp");
-        let mut out = BufWriter::new(File::create(&tmp).map_err(|e| EvalError::io(&tmp, e))?);
+        let file = AtomicFile::create(&path).map_err(|e| EvalError::io(&path, e))?;
+        let mut out = BufWriter::new(file);
         out.write_all(&[0u8; HEADER as usize])
-            .map_err(|e| EvalError::io(&tmp, e))?;
+            .map_err(|e| EvalError::io(&path, e))?;
         Ok(Self {
             out,
-            tmp,
             path,
             dim,
             rows: 0,
@@ -68,7 +69,7 @@ impl FeatureWriter {
         }
         self.out
             .write_all(&bytes)
-            .map_err(|e| EvalError::io(&self.tmp, e))?;
+            .map_err(|e| EvalError::io(&self.path, e))?;
         self.rows += labels.len() as u64;
         self.labels
             .extend(labels.iter().map(|l| l.map_or(-1, |l| l as i64)));
@@ -77,7 +78,7 @@ impl FeatureWriter {
 
     /// Writes the labels and the header, and moves the file into place.
     pub fn finish(mut self) -> Result<FeatureFile, EvalError> {
-        let err = |e: std::io::Error| EvalError::io(&self.tmp, e);
+        let err = |e: std::io::Error| EvalError::io(&self.path, e);
         let mut tail = Vec::with_capacity(self.labels.len() * 8);
         for l in &self.labels {
             tail.extend_from_slice(&l.to_le_bytes());
@@ -92,10 +93,8 @@ impl FeatureWriter {
         header.extend_from_slice(&[0u8; 8]);
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&header))
-            .and_then(|()| file.sync_all())
-            .map_err(|e| EvalError::io(&self.tmp, e))?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| EvalError::io(&self.path, e))?;
+            .and_then(|()| file.commit())
+            .map_err(|e| EvalError::io(&self.path, e))?;
         FeatureFile::open(&self.path)
     }
 }

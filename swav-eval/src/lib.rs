@@ -1,6 +1,6 @@
 //! Evaluation of learned features: features of a frozen backbone, kNN classification (also
-//! the training run's monitor), linear probe, semi-supervised fine-tuning and cluster
-//! assignment.
+//! the training run's monitor), linear probe and cluster assignment. (Semi-supervised
+//! fine-tuning trains the whole network, so it lives with training: `swav_train::finetune`.)
 //!
 //! - [`extract_features`] with an [`EvalTransform`]: eval-mode features of a dataset.
 //! - [`knn_classify`]: weighted kNN on L2-normalised features ([`KnnConfig::k20`],

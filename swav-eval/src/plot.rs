@@ -6,6 +6,8 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
+use swav_models::atomic::AtomicFile;
+
 use crate::EvalError;
 
 const W: u32 = 640;
@@ -265,10 +267,7 @@ pub fn line_chart_with(
     }
     let lx = (W / 2).saturating_sub(3 * x_label.len() as u32);
     text(&mut img, lx, H - 14, x_label, black);
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| EvalError::io(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
+    save_png(&img, path)
 }
 
 /// Draws a confusion matrix (`matrix[true][predicted]` counts) as a PNG heat map at `path`:
@@ -327,10 +326,15 @@ pub fn confusion_chart(path: &Path, title: &str, matrix: &[Vec<usize>]) -> Resul
             text(&mut img, tx, top + side + 6, &l, black);
         }
     }
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
+    save_png(&img, path)
+}
+
+/// Writes `img` as a PNG at `path`, whole or not at all.
+pub(crate) fn save_png(img: &image::RgbImage, path: &Path) -> Result<(), EvalError> {
+    let mut file = AtomicFile::create(path).map_err(|e| EvalError::io(path, e))?;
+    img.write_to(&mut file, image::ImageFormat::Png)
         .map_err(|e| EvalError::io(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
+    file.commit().map_err(|e| EvalError::io(path, e))
 }
 
 #[cfg(test)]

@@ -175,45 +175,26 @@ fn bytes_of(values: &ExportValues) -> Vec<u8> {
     }
 }
 
-/// Writes `path` (atomically: a temporary sibling renamed into place) from `bytes`.
+/// Writes `path` whole or not at all from `bytes`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(path, format!("cannot create the folder: {e}")))?;
-    }
-    let tmp = path.with_extension("export.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| err(path, e.to_string()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| err(path, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, e.to_string()))
+    crate::atomic::write_atomically(path, bytes).map_err(|e| err(path, e.to_string()))
 }
 
-/// Writes `tensors` as a safetensors file (F32 and I64 entries).
+/// Writes `tensors` as a safetensors file (F32 and I64 entries), through the safetensors crate.
 pub fn write_safetensors_export(path: &Path, tensors: &[ExportTensor]) -> Result<(), ModelError> {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for t in tensors {
-        let b = bytes_of(&t.values);
+    use safetensors::tensor::{Dtype, TensorView};
+    let data: Vec<Vec<u8>> = tensors.iter().map(|t| bytes_of(&t.values)).collect();
+    let mut views = Vec::with_capacity(tensors.len());
+    for (t, bytes) in tensors.iter().zip(&data) {
         let dtype = match t.values {
-            ExportValues::F32(_) => "F32",
-            ExportValues::I64(_) => "I64",
+            ExportValues::F32(_) => Dtype::F32,
+            ExportValues::I64(_) => Dtype::I64,
         };
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({
-                "dtype": dtype, "shape": t.shape, "data_offsets": [data.len(), data.len() + b.len()],
-            }),
-        );
-        data.extend(b);
+        let view = TensorView::new(dtype, t.shape.clone(), bytes)
+            .map_err(|e| err(path, format!("tensor `{}`: {e}", t.name)))?;
+        views.push((t.name.clone(), view));
     }
-    let mut text = serde_json::Value::Object(header).to_string();
-    while !text.len().is_multiple_of(8) {
-        text.push(' ');
-    }
-    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(text.as_bytes());
-    bytes.extend(data);
+    let bytes = safetensors::serialize(views, None).map_err(|e| err(path, e.to_string()))?;
     write_atomically(path, &bytes)
 }
 
@@ -278,88 +259,24 @@ fn state_dict_pickle(tensors: &[ExportTensor]) -> Vec<u8> {
     p
 }
 
-/// CRC-32 (IEEE), as zip archives need.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// A zip archive of stored (uncompressed) entries, each entry's data aligned to 64 bytes as
-/// `torch.save` writes them (so they can be memory-mapped).
+/// `torch.save` writes them (so they can be memory-mapped), through the zip crate; zip64 where
+/// an entry needs it. Dated 1980-01-01 (zip's epoch), so the same tensors give the same bytes.
 fn stored_zip(entries: &[(String, Vec<u8>)], path: &Path) -> Result<Vec<u8>, ModelError> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
+    use zip::write::SimpleFileOptions;
+    let zip_err = |e: zip::result::ZipError| err(path, format!("writing the archive: {e}"));
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, data) in entries {
-        if data.len() > u32::MAX as usize || out.len() > u32::MAX as usize {
-            return Err(err(
-                path,
-                "over 4 GiB: too large for this writer (no zip64)",
-            ));
-        }
-        let offset = out.len();
-        let crc = crc32(data);
-        // Local header (30 bytes) + name + extra, padded so the data starts on 64 bytes.
-        let unpadded = offset + 30 + name.len() + 4;
-        let pad = (64 - unpadded % 64) % 64;
-        let extra_len = 4 + pad;
-        let le16 = |v: usize| (v as u16).to_le_bytes();
-        let le32 = |v: usize| (v as u32).to_le_bytes();
-        out.extend(0x0403_4b50u32.to_le_bytes());
-        out.extend(le16(20)); // version needed
-        out.extend(le16(0)); // flags
-        out.extend(le16(0)); // stored
-        out.extend(le16(0)); // time
-        out.extend(le16(0x21)); // date: 1980-01-01
-        out.extend(crc.to_le_bytes());
-        out.extend(le32(data.len()));
-        out.extend(le32(data.len()));
-        out.extend(le16(name.len()));
-        out.extend(le16(extra_len));
-        out.extend(name.as_bytes());
-        // A padding extra field (id 0xFFFF, as PyTorch's writer does it).
-        out.extend(le16(0xFFFF));
-        out.extend(le16(pad));
-        out.extend(std::iter::repeat_n(b'Z', pad));
-        out.extend(data);
-        central.extend(0x0201_4b50u32.to_le_bytes());
-        central.extend(le16(20)); // version made by
-        central.extend(le16(20));
-        central.extend(le16(0));
-        central.extend(le16(0));
-        central.extend(le16(0));
-        central.extend(le16(0x21));
-        central.extend(crc.to_le_bytes());
-        central.extend(le32(data.len()));
-        central.extend(le32(data.len()));
-        central.extend(le16(name.len()));
-        central.extend(le16(0)); // extra
-        central.extend(le16(0)); // comment
-        central.extend(le16(0)); // disk
-        central.extend(le16(0)); // internal attributes
-        central.extend(le32(0)); // external attributes
-        central.extend(le32(offset));
-        central.extend(name.as_bytes());
+        let options = SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .last_modified_time(zip::DateTime::default())
+            .large_file(data.len() as u64 >= u64::from(u32::MAX))
+            .with_alignment(64);
+        zip.start_file(name.as_str(), options).map_err(zip_err)?;
+        zip.write_all(data)
+            .map_err(|e| err(path, format!("writing the archive: {e}")))?;
     }
-    let (cd_offset, cd_len) = (out.len(), central.len());
-    out.extend(central);
-    out.extend(0x0605_4b50u32.to_le_bytes());
-    out.extend([0, 0, 0, 0]);
-    out.extend((entries.len() as u16).to_le_bytes());
-    out.extend((entries.len() as u16).to_le_bytes());
-    out.extend((cd_len as u32).to_le_bytes());
-    out.extend((cd_offset as u32).to_le_bytes());
-    out.extend([0, 0]);
-    Ok(out)
+    Ok(zip.finish().map_err(zip_err)?.into_inner())
 }
 
 /// Writes `tensors` as a PyTorch state dict file, as `torch.save(state_dict, path)` does (zip
@@ -419,23 +336,22 @@ mod tests {
     }
 
     #[test]
-    fn the_zip_is_well_formed_and_aligned() {
+    fn the_zip_reads_back_through_the_zip_reader_with_aligned_entries() {
         let entries = vec![
             ("archive/data.pkl".to_string(), b"pickle".to_vec()),
             ("archive/data/0".to_string(), vec![1u8; 10]),
         ];
         let z = stored_zip(&entries, Path::new("x.pt")).expect("zip");
-        // End of central directory: two entries.
-        let end = z.len() - 22;
-        assert_eq!(&z[end..end + 4], &0x0605_4b50u32.to_le_bytes());
-        assert_eq!(u16::from_le_bytes([z[end + 10], z[end + 11]]), 2);
-        // The second entry's data starts on a 64-byte boundary.
-        let pos = z.windows(10).position(|w| w == [1u8; 10]).expect("data");
-        assert_eq!(pos % 64, 0);
-        assert_eq!(
-            crc32(b"123456789"),
-            0xCBF4_3926,
-            "the published CRC-32 check value"
-        );
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&z)).expect("a zip archive");
+        assert_eq!(archive.len(), 2);
+        for (name, data) in &entries {
+            let mut f = archive.by_name(name).expect("entry");
+            assert_eq!(f.compression(), zip::CompressionMethod::Stored);
+            let start = f.data_start().expect("data offset");
+            assert_eq!(start % 64, 0, "{name} starts on a 64-byte boundary");
+            let mut read = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut read).expect("read");
+            assert_eq!(&read, data);
+        }
     }
 }

@@ -139,15 +139,18 @@ pub fn save_safetensors<M: ModuleSnapshot>(
 ) -> Result<(), ModelError> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let tmp = path.with_extension("safetensors.tmp");
-    let mut store = SafetensorsStore::from_file(&tmp);
+    let file = crate::atomic::AtomicFile::create(path).map_err(|e| ModelError::Weights {
+        path: name.clone(),
+        reason: format!("cannot create: {e}"),
+    })?;
+    let mut store = SafetensorsStore::from_file(file.temp_path()).overwrite(true);
     module
         .save_into(&mut store)
         .map_err(|e| ModelError::Weights {
             path: name.clone(),
             reason: format!("cannot write: {e}"),
         })?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::Weights {
+    file.commit().map_err(|e| ModelError::Weights {
         path: name,
         reason: format!("cannot move the finished file into place: {e}"),
     })

@@ -23,6 +23,7 @@
 //! The fast CPU path is the `swav-engine` crate, behind the `engine` feature (on by default);
 //! without it the layers use burn's own kernels and there is no synchronised BatchNorm.
 
+pub mod atomic;
 mod backbone;
 mod bn_stats;
 mod checkpoint;

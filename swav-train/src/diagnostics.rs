@@ -174,9 +174,46 @@ pub(crate) fn describe_values(what: &str, values: &[f32]) -> String {
     text
 }
 
+/// The code statistics of an epoch's batches: the fewest prototypes a batch's codes used and
+/// their mean entropy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct CodeTally {
+    used_min: usize,
+    entropy_sum: f64,
+    batches: usize,
+}
+
+impl Default for CodeTally {
+    fn default() -> Self {
+        Self {
+            used_min: usize::MAX,
+            entropy_sum: 0.0,
+            batches: 0,
+        }
+    }
+}
+
+impl CodeTally {
+    /// One batch's codes: the prototypes they use and their entropy.
+    pub fn add(&mut self, used: usize, entropy: f64) {
+        self.used_min = self.used_min.min(used);
+        self.entropy_sum += entropy;
+        self.batches += 1;
+    }
+
+    /// The mean entropy of the batches' codes (none measured: `None`).
+    pub fn mean_entropy(&self) -> Option<f64> {
+        (self.batches > 0).then(|| self.entropy_sum / self.batches as f64)
+    }
+
+    /// The fewest prototypes a batch's codes used (none measured: `None`).
+    pub fn fewest_used(&self) -> Option<usize> {
+        (self.batches > 0).then_some(self.used_min)
+    }
+}
+
 /// The collapse warning after `epoch` (1-based), if the run looks collapsed: the epoch's mean
 /// loss stays at ln K and the codes are near uniform or use a handful of prototypes.
-/// `codes` is (fewest prototypes used in a batch, sum of the code entropies, batches measured).
 pub(crate) fn collapse_warning(
     epoch: usize,
     mean_loss: f64,
@@ -184,9 +221,9 @@ pub(crate) fn collapse_warning(
     k0: usize,
     batch: usize,
     global_batch: usize,
-    codes: (usize, f64, usize),
+    codes: &CodeTally,
 ) -> Option<String> {
-    let (used_min, entropy_sum, stat_n) = codes;
+    let (used_min, entropy_sum, stat_n) = (codes.used_min, codes.entropy_sum, codes.batches);
     // With more prototypes than samples, equipartition alone spreads each code over at
     // least K / B prototypes: "uniform" is judged within the entropy range that leaves.
     let floor = (k0 as f64 / global_batch as f64).max(1.0).ln();

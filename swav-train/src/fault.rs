@@ -62,50 +62,82 @@ impl FromStr for InjectedFault {
     }
 }
 
-impl InjectedFault {
-    /// The iteration from which checkpoint writes fail, for a checkpoint fault.
-    pub(crate) fn checkpoints_fail_from(&self) -> Option<usize> {
-        (self.target == FaultTarget::CheckpointWrite).then_some(self.iteration)
+/// A test's hook into a run: the faults to inject at each step and checkpoint, installed with
+/// [`crate::Trainer::faults`]. Runs without one inject nothing; the fault suite installs an
+/// [`InjectedFault`] through the binary's hidden `--inject-fault` flag.
+pub trait FaultHook: std::fmt::Debug + Send + Sync {
+    /// The value that replaces the loss of the step completing `iteration` (1-based), if any.
+    fn loss(&self, iteration: usize) -> Option<f64> {
+        let _ = iteration;
+        None
     }
 
-    /// Corrupts `loss` or `grads` if this step (completing `iteration`) is the fault's.
-    pub(crate) fn apply<M: Module>(
-        &self,
-        iteration: usize,
-        model: &M,
-        loss: &mut f64,
-        grads: &mut GradientsParams,
-    ) {
-        if iteration != self.iteration {
-            return;
-        }
-        match self.target {
-            FaultTarget::CheckpointWrite => {}
-            FaultTarget::Loss => *loss = self.value,
-            FaultTarget::Gradient => {
-                struct First<'a> {
-                    grads: &'a mut GradientsParams,
-                    value: f64,
-                    done: bool,
-                }
-                impl ModuleVisitor for First<'_> {
-                    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                        if self.done {
-                            return;
-                        }
-                        if let Some(g) = self.grads.remove::<D>(param.id) {
-                            let g = g.mul_scalar(0.0).add_scalar(self.value);
-                            self.grads.register::<D>(param.id, g);
-                            self.done = true;
-                        }
-                    }
-                }
-                model.visit(&mut First {
-                    grads,
-                    value: self.value,
-                    done: false,
-                });
+    /// The value that replaces every element of the model's first parameter's gradient in the
+    /// step completing `iteration`, if any.
+    fn gradient(&self, iteration: usize) -> Option<f64> {
+        let _ = iteration;
+        None
+    }
+
+    /// Whether writing the checkpoint of `iteration` fails as on a full disk.
+    fn checkpoint_fails(&self, iteration: usize) -> bool {
+        let _ = iteration;
+        false
+    }
+}
+
+impl FaultHook for InjectedFault {
+    fn loss(&self, iteration: usize) -> Option<f64> {
+        (self.target == FaultTarget::Loss && iteration == self.iteration).then_some(self.value)
+    }
+
+    fn gradient(&self, iteration: usize) -> Option<f64> {
+        (self.target == FaultTarget::Gradient && iteration == self.iteration).then_some(self.value)
+    }
+
+    fn checkpoint_fails(&self, iteration: usize) -> bool {
+        self.target == FaultTarget::CheckpointWrite && iteration >= self.iteration
+    }
+}
+
+/// Applies `hook`'s faults for the step completing `iteration` to its loss and gradients.
+pub(crate) fn inject<M: Module>(
+    hook: &dyn FaultHook,
+    iteration: usize,
+    model: &M,
+    loss: &mut f64,
+    grads: &mut GradientsParams,
+) {
+    if let Some(value) = hook.loss(iteration) {
+        *loss = value;
+    }
+    if let Some(value) = hook.gradient(iteration) {
+        fill_first_gradient(model, grads, value);
+    }
+}
+
+/// Sets every element of the gradient of `model`'s first parameter (that has one) to `value`.
+fn fill_first_gradient<M: Module>(model: &M, grads: &mut GradientsParams, value: f64) {
+    struct First<'a> {
+        grads: &'a mut GradientsParams,
+        value: f64,
+        done: bool,
+    }
+    impl ModuleVisitor for First<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.done {
+                return;
+            }
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let g = g.mul_scalar(0.0).add_scalar(self.value);
+                self.grads.register::<D>(param.id, g);
+                self.done = true;
             }
         }
     }
+    model.visit(&mut First {
+        grads,
+        value,
+        done: false,
+    });
 }

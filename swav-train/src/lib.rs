@@ -35,6 +35,7 @@ pub mod mpi;
 mod objective;
 mod observer;
 mod optim;
+mod outcome;
 mod parallel;
 pub mod process;
 mod run_dir;
@@ -43,6 +44,7 @@ mod semisup;
 mod source;
 mod stop;
 pub mod tensorboard;
+mod train_loop;
 mod trainer;
 
 pub use adapters::{eval_transform_for, knn_monitor, multicrop_for, spec_for};
@@ -54,13 +56,14 @@ pub use device::{
     kernel_cache_dir, seeded_init, uses_gpu,
 };
 pub use error::TrainError;
-pub use fault::{FaultTarget, InjectedFault};
+pub use fault::{FaultHook, FaultTarget, InjectedFault};
 pub use metrics::{
     Csv, JsonLines, METRICS_FILE, MetricsSink, Plots, Record, SINK_NAMES, TensorBoard, sinks_named,
 };
 pub use objective::{forward_loss, normalize_heads};
 pub use observer::{Silent, StepProgress, TrainObserver};
 pub use optim::{GradSource, OptimConfig, Optimizer};
+pub use outcome::{RunOptions, RunSummary, TrainOutcome};
 pub use parallel::{ParallelStep, WorkerGroup};
 pub use run_dir::{
     CHECKPOINT_FILE, CONFIG_FILE, PREVIOUS_CHECKPOINT_FILE, SUMMARY_FILE, TrainState,
@@ -71,4 +74,4 @@ pub use semisup::{Classifier, SemiSupConfig, SemiSupEpoch, SemiSupResult, finetu
 pub use source::{BatchSource, MultiCropSource, group_tensor};
 pub use stop::{Preempted, StopRequest};
 pub use swav_eval::plot::line_chart;
-pub use trainer::{RunOptions, RunSummary, TrainOutcome, Trainer, train};
+pub use trainer::{Trainer, train};

@@ -299,7 +299,8 @@ impl Csv {
             }
             text.push('\n');
         }
-        std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
+        swav_models::atomic::write_atomically(&path, text.as_bytes())
+            .map_err(|e| TrainError::io(&path, e))
     }
 }
 

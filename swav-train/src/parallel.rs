@@ -394,6 +394,47 @@ where
                 queues.len()
             )));
         }
+        self.dispatch(model, batches, queues, want_codes)?;
+        let replies = self.collect()?;
+        let t_combine = std::time::Instant::now();
+        let (mut out, mut running) = self.combine(model, replies, queues)?;
+        if let Some(p) = &self.processes {
+            // The other processes' workers: gradients in buckets, then the running statistics
+            // and every worker's loss.
+            all_reduce_gradients(&mut out.grads, model, p.as_ref());
+            running = average_running(running, p.as_ref());
+            let mut losses = vec![0.0; p.size()];
+            losses[p.rank()] = out.worker_losses.first().copied().unwrap_or(0.0);
+            p.sum_f64(&mut losses);
+            out.worker_losses = losses;
+            out.queue_used = crate::process::any(p.as_ref(), out.queue_used);
+        }
+        if self.loss_scale != 1.0 {
+            out.grads_finite = unscale(&mut out.grads, model, self.loss_scale);
+        }
+        out.running = running
+            .into_iter()
+            .map(|(id, t)| {
+                if world > 1 {
+                    (id, t.div_scalar(world as f64))
+                } else {
+                    (id, t)
+                }
+            })
+            .collect();
+        out.combine_s = t_combine.elapsed().as_secs_f64();
+        out.loss = out.worker_losses.iter().sum::<f64>() / out.worker_losses.len().max(1) as f64;
+        Ok(out)
+    }
+
+    /// Sends each worker its job: the model, its batch, its queue (taken until it replies).
+    fn dispatch(
+        &self,
+        model: &SwavModel<E>,
+        batches: Vec<Vec<CropGroupBatch>>,
+        queues: &mut [Option<EmbeddingQueue>],
+        want_codes: impl Fn(usize) -> bool,
+    ) -> Result<(), TrainError> {
         for (rank, (groups, queue)) in batches.into_iter().zip(queues.iter_mut()).enumerate() {
             let job = Job {
                 model: model.clone(),
@@ -407,6 +448,12 @@ where
                 .send(job)
                 .map_err(|_| TrainError::Parallel(format!("worker {rank} has stopped")))?;
         }
+        Ok(())
+    }
+
+    /// Every worker's reply, by rank; an error naming the worker that failed first.
+    fn collect(&self) -> Result<Vec<Reply>, TrainError> {
+        let world = self.world_size();
         let mut replies: Vec<Option<Reply>> = (0..world).map(|_| None).collect();
         let mut failures: Vec<Failure> = Vec::new();
         for _ in 0..world {
@@ -435,15 +482,32 @@ where
                 list.join("; ")
             )));
         }
-        // Summed in rank order on the first device, so the result does not depend on which
-        // worker finished first.
-        let t_combine = std::time::Instant::now();
+        replies
+            .into_iter()
+            .enumerate()
+            .map(|(rank, r)| {
+                r.ok_or_else(|| {
+                    TrainError::Parallel(format!("worker {rank} sent no result this step"))
+                })
+            })
+            .collect()
+    }
+
+    /// This process's workers' replies combined: the gradients and running statistics summed in
+    /// rank order on the first device (so the result does not depend on which worker finished
+    /// first), the queues given back, the losses, codes and diagnostics listed.
+    fn combine(
+        &self,
+        model: &SwavModel<E>,
+        replies: Vec<Reply>,
+        queues: &mut [Option<EmbeddingQueue>],
+    ) -> Result<(ParallelStep, Vec<(ParamId, Tensor<1>)>), TrainError> {
         let target = &self.devices[0];
         let mut acc = GradientsAccumulator::<SwavModel<E>>::new();
         let mut out = ParallelStep {
             grads: GradientsParams::new(),
             loss: 0.0,
-            worker_losses: Vec::with_capacity(world),
+            worker_losses: Vec::with_capacity(replies.len()),
             codes: Vec::new(),
             queue_used: false,
             diagnostic: None,
@@ -454,9 +518,6 @@ where
         };
         let mut running: Vec<(ParamId, Tensor<1>)> = Vec::new();
         for (rank, reply) in replies.into_iter().enumerate() {
-            let reply = reply.ok_or_else(|| {
-                TrainError::Parallel(format!("worker {rank} sent no result this step"))
-            })?;
             queues[rank] = reply.queue;
             let grads = if rank == 0 {
                 reply.grads
@@ -466,6 +527,7 @@ where
             acc.accumulate(model, grads);
             if rank == 0 {
                 running = reply.running;
+                out.unsynchronised_batch_norms = reply.unsynchronised;
             } else {
                 for ((id, sum), (id_r, v)) in running.iter_mut().zip(reply.running) {
                     if *id != id_r {
@@ -484,38 +546,9 @@ where
                     .push_str(&format!("worker {rank}: {d}; "));
             }
             out.codes.extend(reply.codes);
-            if rank == 0 {
-                out.unsynchronised_batch_norms = reply.unsynchronised;
-            }
         }
         out.grads = acc.grads();
-        if let Some(p) = &self.processes {
-            // The other processes' workers: gradients in buckets, then the running statistics
-            // and every worker's loss.
-            all_reduce_gradients(&mut out.grads, model, p.as_ref());
-            running = average_running(running, p.as_ref());
-            let mut losses = vec![0.0; p.size()];
-            losses[p.rank()] = out.worker_losses.first().copied().unwrap_or(0.0);
-            p.sum_f64(&mut losses);
-            out.worker_losses = losses;
-            out.queue_used = crate::process::any(p.as_ref(), out.queue_used);
-        }
-        if self.loss_scale != 1.0 {
-            out.grads_finite = unscale(&mut out.grads, model, self.loss_scale);
-        }
-        out.running = running
-            .into_iter()
-            .map(|(id, t)| {
-                if world > 1 {
-                    (id, t.div_scalar(world as f64))
-                } else {
-                    (id, t)
-                }
-            })
-            .collect();
-        out.combine_s = t_combine.elapsed().as_secs_f64();
-        out.loss = out.worker_losses.iter().sum::<f64>() / out.worker_losses.len().max(1) as f64;
-        Ok(out)
+        Ok((out, running))
     }
 }
 

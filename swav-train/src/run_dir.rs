@@ -16,6 +16,7 @@ use swav_models::{
 use crate::TrainError;
 use crate::config::TrainConfig;
 use crate::diagnostics::non_finite;
+use crate::fault::FaultHook;
 use crate::optim::Optimizer;
 
 /// File names inside a run folder.
@@ -260,11 +261,11 @@ pub(crate) struct Saver<'a> {
     /// The run's configuration.
     pub config: &'a TrainConfig,
     /// The model spec (with its backbone configuration).
-    pub spec: &'a SwavModelSpec,
+    pub spec: SwavModelSpec,
     /// Iterations per epoch.
     pub iters_per_epoch: usize,
-    /// Checkpoints from this iteration on fail as on a full disk (an injected fault).
-    pub fail_from: Option<usize>,
+    /// A test's faults (a checkpoint write that fails as on a full disk).
+    pub faults: Option<&'a dyn FaultHook>,
     /// In a group of processes: every process's queue is gathered at rank 0, which alone
     /// writes.
     pub processes: Option<crate::process::SharedProcessGroup>,
@@ -295,39 +296,51 @@ impl Saver<'_> {
                 return Ok(());
             }
         }
-        let queues: &[Option<EmbeddingQueue>] = queues;
-        let (config, spec, iters_per_epoch) = (self.config, self.spec, self.iters_per_epoch);
-        let ckpt_file = &self.file;
-        let Position {
-            epoch,
-            next_batch,
-            iteration,
-            elapsed_s: elapsed,
-        } = at;
-        let previous = ckpt_file.with_file_name(PREVIOUS_CHECKPOINT_FILE);
         // BatchNorm running statistics hold their latest update aside until synchronised;
         // `valid` synchronises them in place (the state is shared), so the file has it.
         drop(model.valid());
+        self.refuse_non_finite(model, at)?;
+        let (arrays, meta) = self.contents(optim, queues, at, loss_scaler)?;
+        self.write_rotating(model, arrays, &meta, at.iteration)
+    }
+
+    /// An error saying what is on disk if `model`'s weights are not all finite.
+    fn refuse_non_finite<M: Module>(&self, model: &M, at: Position) -> Result<(), TrainError> {
         let bad = non_finite(model);
-        if !bad.is_empty() {
-            // Say what is on disk: the previous checkpoint, kept, or none at all.
-            let kept = if ckpt_file.is_file() {
-                format!(
-                    "the previous checkpoint {} was kept (not overwritten)",
-                    ckpt_file.display()
-                )
-            } else {
-                format!(
-                    "no checkpoint was written (none existed yet; {} would have been the first)",
-                    ckpt_file.display()
-                )
-            };
-            return Err(TrainError::NonFinite(format!(
-                "epoch {epoch}, iteration {iteration}: the weights of {} are NaN or infinite; \
-                 {kept}. Lower the learning rate",
-                bad.join(", "),
-            )));
+        if bad.is_empty() {
+            return Ok(());
         }
+        let ckpt_file = &self.file;
+        // Say what is on disk: the previous checkpoint, kept, or none at all.
+        let kept = if ckpt_file.is_file() {
+            format!(
+                "the previous checkpoint {} was kept (not overwritten)",
+                ckpt_file.display()
+            )
+        } else {
+            format!(
+                "no checkpoint was written (none existed yet; {} would have been the first)",
+                ckpt_file.display()
+            )
+        };
+        Err(TrainError::NonFinite(format!(
+            "epoch {}, iteration {}: the weights of {} are NaN or infinite; {kept}. Lower the \
+             learning rate",
+            at.epoch,
+            at.iteration,
+            bad.join(", "),
+        )))
+    }
+
+    /// The arrays beside the model (optimiser state, queues) and the metadata (training state,
+    /// model spec) of a checkpoint at `at`.
+    fn contents(
+        &self,
+        optim: &Optimizer,
+        queues: &[Option<EmbeddingQueue>],
+        at: Position,
+        loss_scaler: Option<crate::LossScaler>,
+    ) -> Result<(Vec<StateArray>, BTreeMap<String, String>), TrainError> {
         let (mut arrays, steps) = optim.export()?;
         let mut queue_filled = None;
         let mut queue_filled_ranks = Vec::new();
@@ -346,32 +359,44 @@ impl Saver<'_> {
             }
         }
         let state = TrainState {
-            epoch,
-            next_batch,
-            iteration,
-            elapsed_s: elapsed,
-            config: config.clone(),
+            epoch: at.epoch,
+            next_batch: at.next_batch,
+            iteration: at.iteration,
+            elapsed_s: at.elapsed_s,
+            config: self.config.clone(),
             optim_steps: steps,
             queue_filled,
             queue_filled_ranks,
-            iters_per_epoch,
+            iters_per_epoch: self.iters_per_epoch,
             loss_scaler,
         };
+        let json = |v: serde_json::Result<String>| {
+            v.map_err(|e| TrainError::Checkpoint(format!("{}: {e}", self.file.display())))
+        };
         let mut meta = BTreeMap::new();
-        meta.insert(
-            STATE_KEY.to_string(),
-            serde_json::to_string(&state).map_err(|e| TrainError::Checkpoint(e.to_string()))?,
-        );
+        meta.insert(STATE_KEY.to_string(), json(serde_json::to_string(&state))?);
         meta.insert(
             SPEC_KEY.to_string(),
-            serde_json::to_string(&spec).map_err(|e| TrainError::Checkpoint(e.to_string()))?,
+            json(serde_json::to_string(&self.spec))?,
         );
-        // The new checkpoint is written whole (atomically) beside the others first; only then
-        // does the newest become the previous one and the new one the newest. A write that
-        // fails (a full disk) leaves both untouched; a machine dying between the two renames
-        // leaves the previous one, which resume falls back to.
+        Ok((arrays, meta))
+    }
+
+    /// Writes the new checkpoint whole (atomically) beside the others first; only then does the
+    /// newest become the previous one and the new one the newest. A write that fails (a full
+    /// disk) leaves both untouched; a machine dying between the two renames leaves the previous
+    /// one, which resume falls back to.
+    fn write_rotating<E: swav_models::TaskBackbone>(
+        &self,
+        model: &SwavModel<E>,
+        arrays: Vec<StateArray>,
+        meta: &BTreeMap<String, String>,
+        iteration: usize,
+    ) -> Result<(), TrainError> {
+        let ckpt_file = &self.file;
+        let previous = ckpt_file.with_file_name(PREVIOUS_CHECKPOINT_FILE);
         let fresh = ckpt_file.with_file_name(NEXT_CHECKPOINT_FILE);
-        let written = if self.fail_from.is_some_and(|n| iteration >= n) {
+        let written = if self.faults.is_some_and(|f| f.checkpoint_fails(iteration)) {
             // ENOSPC, as the operating system reports a full disk.
             Err(format!(
                 "{}: {} (injected)",
@@ -379,7 +404,7 @@ impl Saver<'_> {
                 std::io::Error::from_raw_os_error(28)
             ))
         } else {
-            write_checkpoint(&fresh, model, arrays, &meta).map_err(|e| e.to_string())
+            write_checkpoint(&fresh, model, arrays, meta).map_err(|e| e.to_string())
         };
         if let Err(e) = written {
             let _ = std::fs::remove_file(&fresh);

@@ -1,4 +1,4 @@
-//! TensorBoard event files, written directly: a TFRecord stream (each record its length, a
+//! TensorBoard event files, written directly (no well-kept crate writes them): a TFRecord stream (each record its length, a
 //! masked CRC-32C of the length, the data, a masked CRC-32C of the data) of `Event` protocol
 //! buffers (`wall_time` = 1, `step` = 2, `file_version` = 3, `summary` = 5; a `Summary` holds
 //! `value` = 1 entries of `tag` = 1 and `simple_value` = 2), as TensorFlow's and PyTorch's
@@ -10,21 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::TrainError;
 
-/// CRC-32C (Castagnoli) of `data`.
+/// CRC-32C (Castagnoli) of `data`, by the crc32c crate (hardware-accelerated where the CPU
+/// has it).
 fn crc32c(data: &[u8]) -> u32 {
-    const POLY: u32 = 0x82f6_3b78;
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ POLY
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crc32c::crc32c(data)
 }
 
 /// TFRecord's masked CRC.

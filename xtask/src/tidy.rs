@@ -55,7 +55,7 @@ pub fn run(root: &Path) -> Result<()> {
     problems.extend(check_library_sources(root)?);
     problems.extend(check_file_headers(root)?);
     problems.extend(check_no_anyhow_in_libraries(root)?);
-    problems.extend(check_dependency_direction(root)?);
+    problems.extend(check_crate_graph(root)?);
     if problems.is_empty() {
         println!("tidy: all invariants hold");
         Ok(())
@@ -150,48 +150,126 @@ fn check_file_headers(root: &Path) -> Result<Vec<String>> {
     Ok(problems)
 }
 
-/// Which workspace crates each library crate may depend on (normal and build dependencies):
-/// the direction written in the README's architecture section.
-const ALLOWED_INTERNAL: [(&str, &[&str]); 7] = [
-    ("swav-core", &[]),
-    ("swav-augment", &[]),
-    ("swav-engine", &[]),
-    ("swav-models", &["swav-engine"]),
-    ("swav-data", &["swav-augment"]),
-    (
-        "swav-train",
-        &[
-            "swav-core",
-            "swav-augment",
-            "swav-data",
-            "swav-models",
-            "swav-eval",
-            "swav-engine",
-        ],
-    ),
-    ("swav-eval", &["swav-augment", "swav-data", "swav-models"]),
+/// The workspace's crates: folder and package name.
+const WORKSPACE_CRATES: [(&str, &str); 10] = [
+    ("swav-core", "swav-core"),
+    ("swav-augment", "swav-augment"),
+    ("swav-engine", "swav-engine"),
+    ("swav-data", "swav-data"),
+    ("swav-models", "swav-models"),
+    ("swav-eval", "swav-eval"),
+    ("swav-train", "swav-train"),
+    ("tinynet", "swav-tinynet"),
+    ("swav-cli", "swav-cli"),
+    ("xtask", "xtask"),
 ];
 
-/// Library crates depend on the workspace crates the architecture allows, and no others.
-fn check_dependency_direction(root: &Path) -> Result<Vec<String>> {
-    let mut problems = Vec::new();
-    for (krate, allowed) in ALLOWED_INTERNAL {
-        let manifest = root.join(krate).join("Cargo.toml");
-        for name in manifest_dependencies(&manifest, &["[dependencies]", "[build-dependencies]"])? {
-            if name.starts_with("swav-") && !allowed.contains(&name.as_str()) {
-                problems.push(format!(
-                    "{}: {krate} must not depend on {name} (allowed: {})",
-                    rel(root, &manifest),
-                    if allowed.is_empty() {
-                        "no workspace crate".to_string()
-                    } else {
-                        allowed.join(", ")
-                    }
-                ));
+/// Where ARCHITECTURE.md's crate graph starts and ends.
+const GRAPH_START: &str =
+    "<!-- crate graph (cargo xtask tidy checks it against the Cargo.toml files) -->";
+const GRAPH_END: &str = "<!-- end of crate graph -->";
+
+/// A dependency of one workspace crate on another.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct CrateEdge {
+    to: String,
+    optional: bool,
+}
+
+/// Every workspace crate's normal and build dependencies on other workspace crates.
+fn crate_graph(root: &Path) -> Result<BTreeMap<String, Vec<CrateEdge>>> {
+    let names: BTreeSet<&str> = WORKSPACE_CRATES.iter().map(|(_, n)| *n).collect();
+    let mut graph = BTreeMap::new();
+    for (dir, name) in WORKSPACE_CRATES {
+        let manifest = root.join(dir).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        let mut section = String::new();
+        let mut edges = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line.to_string();
+                continue;
+            }
+            if section != "[dependencies]" && section != "[build-dependencies]" {
+                continue;
+            }
+            let dep = line.split(['=', ' ', '.']).next().unwrap_or("");
+            if names.contains(dep) {
+                let optional = line.replace(' ', "").contains("optional=true");
+                edges.push(CrateEdge {
+                    to: dep.to_string(),
+                    optional,
+                });
             }
         }
+        edges.sort();
+        graph.insert(name.to_string(), edges);
     }
-    Ok(problems)
+    Ok(graph)
+}
+
+/// The graph as ARCHITECTURE.md shows it: one row per crate, bottom up (a crate after all it
+/// depends on), then by name.
+fn render_graph(graph: &BTreeMap<String, Vec<CrateEdge>>) -> String {
+    fn depth(graph: &BTreeMap<String, Vec<CrateEdge>>, name: &str, seen: usize) -> usize {
+        match graph.get(name) {
+            Some(edges) if seen < graph.len() => edges
+                .iter()
+                .map(|e| 1 + depth(graph, &e.to, seen + 1))
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let mut rows: Vec<(usize, &String)> = graph
+        .keys()
+        .map(|name| (depth(graph, name, 0), name))
+        .collect();
+    rows.sort();
+    let mut out = String::from("| crate | depends on (workspace crates) |\n|---|---|\n");
+    for (_, name) in rows {
+        let deps: Vec<String> = graph[name]
+            .iter()
+            .map(|e| {
+                if e.optional {
+                    format!("`{}` (optional)", e.to)
+                } else {
+                    format!("`{}`", e.to)
+                }
+            })
+            .collect();
+        let deps = if deps.is_empty() {
+            "none".to_string()
+        } else {
+            deps.join(", ")
+        };
+        out.push_str(&format!("| `{name}` | {deps} |\n"));
+    }
+    out
+}
+
+/// ARCHITECTURE.md's crate graph is the one the Cargo.toml files make: a dependency added or
+/// removed in a manifest fails tidy until the graph shows it (and a review sees it).
+fn check_crate_graph(root: &Path) -> Result<Vec<String>> {
+    let path = root.join("ARCHITECTURE.md");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let expected = render_graph(&crate_graph(root)?);
+    let drawn = text
+        .split_once(GRAPH_START)
+        .and_then(|(_, rest)| rest.split_once(GRAPH_END))
+        .map(|(block, _)| block.trim().to_string());
+    Ok(match drawn {
+        Some(d) if d == expected.trim() => Vec::new(),
+        Some(_) => vec![format!(
+            "ARCHITECTURE.md: the crate graph differs from the Cargo.toml files; the graph they \
+             make is:\n{expected}"
+        )],
+        None => vec![format!(
+            "ARCHITECTURE.md: no crate graph between `{GRAPH_START}` and `{GRAPH_END}`"
+        )],
+    })
 }
 
 /// `anyhow` belongs to binaries and xtask; library crates return `thiserror` errors.
