@@ -282,7 +282,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     // Under mpirun: one worker per process (`--workers` is the number of processes).
     let processes = crate::processes()?;
-    let workers = processes.as_ref().map_or(args.workers, |p| p.size());
+    let workers = processes.as_ref().map_or(args.workers, |p| p.world_size());
     let rank = processes.as_ref().map_or(0, |p| p.rank());
     let mut cfg = TrainConfig::default();
     cfg.run.device = args.device.clone();
@@ -359,7 +359,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "impl": "swav-rs", "backend": swav_engine::backend_name(&device), "kernel_cache": kernel_cache,
-            "threads": threads, "workers": workers, "processes": processes.as_ref().map_or(1, |p| p.size()),
+            "threads": threads, "workers": workers, "processes": processes.as_ref().map_or(1, |p| p.world_size()),
             "sync_bn": args.sync_bn,
             "amp": args.amp.as_deref().unwrap_or("off"),
             "arch": args.arch, "base_width": args.base_width, "cifar_stem": args.cifar_stem,

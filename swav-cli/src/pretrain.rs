@@ -147,13 +147,13 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
     let processes = crate::processes()?;
     let result = run_in(args, processes.clone());
     if let (Err(e), Some(p)) = (&result, &processes)
-        && p.size() > 1
+        && p.world_size() > 1
     {
         // The other processes would wait for this one in their next collective.
         p.abort(&format!(
             "swav-rs: rank {} of {} failed: {e:#}",
             p.rank(),
-            p.size()
+            p.world_size()
         ));
     }
     result
@@ -163,7 +163,7 @@ fn run_in(args: &PretrainArgs, processes: Option<SharedProcessGroup>) -> Result<
     let mut config = resolve(args)?;
     let leader = processes.as_ref().is_none_or(|p| p.rank() == 0);
     if let Some(p) = &processes {
-        let n = p.size();
+        let n = p.world_size();
         if config.swav.world_size > 1 && config.swav.world_size != n {
             bail!(
                 "swav.world_size is {} (--devices), but mpirun started {n} processes: under \

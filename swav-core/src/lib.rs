@@ -44,5 +44,7 @@ pub use loss::{
 };
 pub use prototypes::{l2_normalize, normalize_prototypes, normalize_prototypes_weight};
 pub use queue::{EmbeddingQueue, QueueState, effective_queue_length};
-pub use reduce::{AllReduce, LocalGroup, LocalWorker, SingleWorker};
+pub use reduce::{
+    AllReduce, Collective, LocalGroup, LocalWorker, ReduceOp, SingleWorker, reduce_data,
+};
 pub use sinkhorn::{SinkhornConfig, SinkhornPrecision, sinkhorn};

@@ -1,11 +1,14 @@
 //! Reductions across data-parallel workers, as a parameter of the math rather than a global.
 //!
 //! The original `distributed_sinkhorn` calls `dist.all_reduce` on two sums. Here the reduction
-//! is an [`AllReduce`] value: [`SingleWorker`] for one worker (no communication), and
-//! [`LocalGroup`] for several workers that are threads of one process (used to test the
-//! distributed algorithm and to train on several CPU devices). A backend collective can
-//! implement the same trait.
+//! is an [`AllReduce`] value, the math's parameter. Every reduction of a run (the Sinkhorn's
+//! sums, synchronised BatchNorm's statistics, gradients across processes, stop flags) goes
+//! through one transport trait, [`Collective`], on host values: [`SingleWorker`] for one worker
+//! (no communication), [`LocalGroup`]'s workers for threads of one process, and an MPI group
+//! for processes (swav-train). Every [`Collective`] is an [`AllReduce`], through one host round
+//! trip ([`reduce_data`]).
 
+use std::fmt::Debug;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::{Tensor, TensorData};
@@ -26,23 +29,134 @@ pub trait AllReduce {
     fn max<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D>;
 }
 
-/// The reduction of a group of one: returns its input.
+/// The collective operations of a data-parallel group, on host values: the one transport every
+/// reduction of a run goes through.
+///
+/// Every worker calls the same operations in the same order with buffers of the same length;
+/// each receives the same bits.
+pub trait Collective: Send + Sync + Debug {
+    /// Number of workers in the group.
+    fn world_size(&self) -> usize;
+    /// This worker's rank, in `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// Element-wise sum over the workers, in place.
+    fn sum_f64(&self, values: &mut [f64]);
+    /// Element-wise maximum over the workers, in place.
+    fn max_f64(&self, values: &mut [f64]);
+    /// Element-wise sum of f32 values over the workers, in place (gradients in buckets); through
+    /// f64 unless the transport sums f32 itself.
+    fn sum_f32(&self, values: &mut [f32]) {
+        let mut wide: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+        self.sum_f64(&mut wide);
+        for (v, w) in values.iter_mut().zip(wide) {
+            *v = w as f32;
+        }
+    }
+    /// Ends the group after this worker failed, so that no other worker waits in a reduction
+    /// for ever (`message` says why, where the transport prints it).
+    fn abort(&self, message: &str);
+}
+
+impl<C: Collective + ?Sized> Collective for Arc<C> {
+    fn world_size(&self) -> usize {
+        (**self).world_size()
+    }
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+    fn sum_f64(&self, values: &mut [f64]) {
+        (**self).sum_f64(values)
+    }
+    fn max_f64(&self, values: &mut [f64]) {
+        (**self).max_f64(values)
+    }
+    fn sum_f32(&self, values: &mut [f32]) {
+        (**self).sum_f32(values)
+    }
+    fn abort(&self, message: &str) {
+        (**self).abort(message)
+    }
+}
+
+/// Which reduction [`reduce_data`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Element-wise sum.
+    Sum,
+    /// Element-wise maximum.
+    Max,
+}
+
+/// The host round trip of every reduction: `data` as f64, reduced over `group`, back in its own
+/// float type (a group of one returns it as it is).
+///
+/// # Panics
+/// If `data` is not floating point (the reductions of a run are on float tensors).
+pub fn reduce_data<C: Collective + ?Sized>(
+    group: &C,
+    data: TensorData,
+    op: ReduceOp,
+) -> TensorData {
+    if group.world_size() == 1 {
+        return data;
+    }
+    let dtype = data.dtype();
+    let shape = data.shape().clone();
+    let mut values: Vec<f64> = data
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("a float tensor converts to f64");
+    match op {
+        ReduceOp::Sum => group.sum_f64(&mut values),
+        ReduceOp::Max => group.max_f64(&mut values),
+    }
+    TensorData::new(values, shape).convert_dtype(dtype)
+}
+
+/// `tensor` reduced over `group` through the host, on its device, in its float type.
+fn reduce_tensor<C: Collective + ?Sized, const D: usize>(
+    group: &C,
+    tensor: Tensor<D>,
+    op: ReduceOp,
+) -> Tensor<D> {
+    if group.world_size() == 1 {
+        return tensor;
+    }
+    let device = tensor.device();
+    let dtype = tensor.dtype();
+    let data = reduce_data(group, tensor.into_data(), op);
+    Tensor::<D>::from_data(data, (&device, dtype))
+}
+
+impl<C: Collective + ?Sized> AllReduce for C {
+    fn world_size(&self) -> usize {
+        Collective::world_size(self)
+    }
+    fn rank(&self) -> usize {
+        Collective::rank(self)
+    }
+    fn sum<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
+        reduce_tensor(self, tensor, ReduceOp::Sum)
+    }
+    fn max<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
+        reduce_tensor(self, tensor, ReduceOp::Max)
+    }
+}
+
+/// The group of one: every reduction returns its input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SingleWorker;
 
-impl AllReduce for SingleWorker {
+impl Collective for SingleWorker {
     fn world_size(&self) -> usize {
         1
     }
     fn rank(&self) -> usize {
         0
     }
-    fn sum<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
-        tensor
-    }
-    fn max<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
-        tensor
-    }
+    fn sum_f64(&self, _values: &mut [f64]) {}
+    fn max_f64(&self, _values: &mut [f64]) {}
+    fn abort(&self, _message: &str) {}
 }
 
 /// Shared state of a [`LocalGroup`]: one slot per rank and a barrier that can be aborted.
@@ -148,33 +262,6 @@ impl LocalWorker {
         }
     }
 
-    /// The element-wise sum of host values over the workers, combined in rank order in f64
-    /// (the same bits on every worker). Every worker calls it with vectors of the same length.
-    ///
-    /// # Panics
-    /// If the group was aborted, or the workers' vectors differ in length.
-    pub fn sum_values(&self, values: Vec<f64>) -> Vec<f64> {
-        if self.world_size == 1 {
-            return values;
-        }
-        self.combine(values, |a, b| a + b)
-    }
-
-    fn reduce<const D: usize>(&self, tensor: Tensor<D>, combine: fn(f64, f64) -> f64) -> Tensor<D> {
-        let device = tensor.device();
-        let dtype = tensor.dtype();
-        let shape = tensor.shape();
-        let mine: Vec<f64> = tensor
-            .into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .expect("a float tensor converts to f64");
-        let combined = self.combine(mine, combine);
-        // Created directly in the input's float type: going through the device's default type
-        // (f32) would round an f64 reduction.
-        Tensor::<D>::from_data(TensorData::new(combined, shape), (&device, dtype))
-    }
-
     /// Every worker's `mine`, combined in rank order.
     fn combine(&self, mine: Vec<f64>, combine: fn(f64, f64) -> f64) -> Vec<f64> {
         self.shared.lock().slots[self.rank] = Some(mine);
@@ -204,23 +291,26 @@ impl LocalWorker {
     }
 }
 
-impl AllReduce for LocalWorker {
+impl Collective for LocalWorker {
     fn world_size(&self) -> usize {
         self.world_size
     }
     fn rank(&self) -> usize {
         self.rank
     }
-    fn sum<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
-        if self.world_size == 1 {
-            return tensor;
+    fn sum_f64(&self, values: &mut [f64]) {
+        if self.world_size > 1 {
+            let summed = self.combine(values.to_vec(), |a, b| a + b);
+            values.copy_from_slice(&summed);
         }
-        self.reduce(tensor, |a, b| a + b)
     }
-    fn max<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
-        if self.world_size == 1 {
-            return tensor;
+    fn max_f64(&self, values: &mut [f64]) {
+        if self.world_size > 1 {
+            let max = self.combine(values.to_vec(), f64::max);
+            values.copy_from_slice(&max);
         }
-        self.reduce(tensor, f64::max)
+    }
+    fn abort(&self, _message: &str) {
+        LocalWorker::abort(self);
     }
 }

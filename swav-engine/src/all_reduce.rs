@@ -3,11 +3,10 @@
 //! gradient that reaches each worker's input is the one a single worker holding the global batch
 //! would compute. Synchronised BatchNorm reduces its per-channel sums through it.
 //!
-//! The group is a parameter ([`StatsReduce`]): any transport that sums host vectors over the
-//! workers. Backends: flex, and the cubecl backends with the `wgpu` or `cuda` feature; the reduced
-//! values travel through the host in f64.
+//! The group is a parameter: any [`swav_core::Collective`] (the workspace's one transport for
+//! reductions). Backends: flex, and the cubecl backends with the `wgpu` or `cuda` feature; the
+//! reduced values travel through the host in f64.
 
-use std::fmt::Debug;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -16,67 +15,51 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
+use swav_core::{Collective, ReduceOp, reduce_data};
 
-/// Sums host values over the workers of a data-parallel group.
-///
-/// Every worker calls [`StatsReduce::sum`] the same number of times, in the same order, with
-/// vectors of the same length; each receives the element-wise sum over the workers, the same
-/// bits on every worker.
-pub trait StatsReduce: Send + Sync + Debug {
-    /// Number of workers in the group.
-    fn world_size(&self) -> usize;
-    /// The element-wise sum of `values` over the workers.
-    fn sum(&self, values: Vec<f64>) -> Vec<f64>;
-}
-
-/// A group handle as the BatchNorms and their backward passes hold it.
-pub type SharedStatsReduce = Arc<dyn StatsReduce>;
+/// A group handle as the BatchNorms and their backward passes hold it: any
+/// [`swav_core::Collective`] (threads of one process, processes under MPI).
+pub type SharedCollective = Arc<dyn Collective>;
 
 /// The collective sum as a differentiable tensor operation.
 #[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
 pub trait AllReduceBackend: Backend {
     /// The element-wise sum of `tensor` over the workers of `group`; its gradient is the sum of
     /// the workers' gradients.
-    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self>;
+    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedCollective) -> FloatTensor<Self>;
 }
 
-/// The sum over the workers through the host, in the tensor's own float type.
-fn host_all_reduce<B: Backend>(tensor: FloatTensor<B>, group: &dyn StatsReduce) -> FloatTensor<B> {
+/// The sum over the workers through the host (swav-core's one round trip), in the tensor's own
+/// float type.
+fn host_all_reduce<B: Backend>(tensor: FloatTensor<B>, group: &dyn Collective) -> FloatTensor<B> {
     let device = tensor.device();
-    let dtype = tensor.dtype();
     let data = burn::tensor::try_read_sync(B::float_into_data(tensor))
         .and_then(Result::ok)
         .expect("synchronised BatchNorm: the device returns its statistics to the host");
-    let shape = data.shape().clone();
-    let values = data
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("float statistics convert to f64");
-    let summed = group.sum(values);
-    B::float_from_data(TensorData::new(summed, shape).convert_dtype(dtype), &device)
+    B::float_from_data(reduce_data(group, data, ReduceOp::Sum), &device)
 }
 
 impl AllReduceBackend for Flex {
-    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self> {
+    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedCollective) -> FloatTensor<Self> {
         host_all_reduce::<Self>(tensor, group.as_ref())
     }
 }
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl AllReduceBackend for burn::backend::Cube {
-    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self> {
+    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedCollective) -> FloatTensor<Self> {
         host_all_reduce::<Self>(tensor, group.as_ref())
     }
 }
 
 impl<B: Backend + AllReduceBackend, C: CheckpointStrategy> AllReduceBackend for Autodiff<B, C> {
-    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedStatsReduce) -> FloatTensor<Self> {
+    fn all_reduce_sum(tensor: FloatTensor<Self>, group: SharedCollective) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AllReduceBackward;
 
         impl<B: Backend + AllReduceBackend> Backward<B, 1> for AllReduceBackward {
-            type State = SharedStatsReduce;
+            type State = SharedCollective;
 
             fn backward(
                 self,
@@ -115,7 +98,7 @@ impl<B: Backend + AllReduceBackend, C: CheckpointStrategy> AllReduceBackend for 
 ///
 /// # Panics
 /// On a backend without the operation (flex and, with the `wgpu` feature, wgpu have it).
-pub fn all_reduce_sum<const D: usize>(tensor: Tensor<D>, group: &SharedStatsReduce) -> Tensor<D> {
+pub fn all_reduce_sum<const D: usize>(tensor: Tensor<D>, group: &SharedCollective) -> Tensor<D> {
     let out = <Dispatch as AllReduceBackend>::all_reduce_sum(tensor.into_dispatch(), group.clone());
     Tensor::from_dispatch(out)
 }

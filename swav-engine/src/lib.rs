@@ -7,7 +7,7 @@
 //! - [`batch_norm_train`]: training-mode BatchNorm statistics, normalisation and backward as
 //!   fused passes on flex (`None` where it does not serve, for the caller to use burn's).
 //! - [`all_reduce_sum`]: the element-wise sum of a tensor over a data-parallel group
-//!   ([`StatsReduce`]), differentiable (its backward sums the workers' gradients).
+//!   ([`Collective`]), differentiable (its backward sums the workers' gradients).
 //! - [`is_flex`], [`with_burn_kernels`]: which path a device takes; burn's own kernels on this
 //!   thread for comparisons.
 //! - `BlockCache` (feature `block-cache`): a global allocator for binaries that keeps large
@@ -37,7 +37,7 @@ mod simd;
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod winograd;
 
-pub use all_reduce::{SharedStatsReduce, StatsReduce, all_reduce_sum};
+pub use all_reduce::{SharedCollective, all_reduce_sum};
 pub use batch_norm::{FusedBatchNorm, batch_norm_train};
 #[cfg(feature = "block-cache")]
 pub use block_cache::{BlockCache, BlockCacheStats};
@@ -45,6 +45,7 @@ pub use conv::conv2d_no_bias;
 pub use dispatch::{backend_name, is_flex, with_burn_kernels};
 #[cfg(feature = "cuda")]
 pub use driver::cuda_driver_loads;
+pub use swav_core::Collective;
 
 /// The slice-level kernels behind [`conv2d_no_bias`]: contiguous NCHW f32 in, contiguous f32
 /// out, for this crate's tests and benchmarks (feature `internals`).

@@ -16,7 +16,7 @@
 //! workers). The result is the gradient one worker holding the whole global batch would compute.
 //! The gradients of γ and β stay local (the gradient combination after backward sums them).
 //!
-//! The group is a parameter of the computation ([`StatsReduce`]), installed for the forward of a
+//! The group is a parameter of the computation ([`Collective`]), installed for the forward of a
 //! worker's step with [`with_synchronised_batch_norm`]: every BatchNorm that goes through
 //! [`crate::layers::batch_norm`] takes it from there, so a [`crate::Backbone`] needs no extra
 //! argument. A BatchNorm whose own `forward` is called is not synchronised:
@@ -32,10 +32,10 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 use swav_engine::all_reduce_sum;
-pub use swav_engine::{SharedStatsReduce, StatsReduce};
+pub use swav_engine::{Collective, SharedCollective};
 
 std::thread_local! {
-    static GROUP: RefCell<Option<SharedStatsReduce>> = const { RefCell::new(None) };
+    static GROUP: RefCell<Option<SharedCollective>> = const { RefCell::new(None) };
     /// The BatchNorms (by the id of their weight) synchronised on this thread since the last
     /// [`with_synchronised_batch_norm_checked`] began.
     static SYNCHRONISED: RefCell<HashSet<ParamId>> = RefCell::new(HashSet::new());
@@ -44,8 +44,8 @@ std::thread_local! {
 /// Runs `f` (a worker's forward pass) with every training-mode BatchNorm that goes through
 /// [`crate::layers::batch_norm`] on this thread synchronised over `group`. A group of one
 /// worker changes nothing. The previous setting is restored afterwards, also on a panic.
-pub fn with_synchronised_batch_norm<T>(group: SharedStatsReduce, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<SharedStatsReduce>);
+pub fn with_synchronised_batch_norm<T>(group: SharedCollective, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<SharedCollective>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let previous = self.0.take();
@@ -58,7 +58,7 @@ pub fn with_synchronised_batch_norm<T>(group: SharedStatsReduce, f: impl FnOnce(
 
 /// The group installed on this thread by [`with_synchronised_batch_norm`], if it has several
 /// workers.
-pub(crate) fn current_group() -> Option<SharedStatsReduce> {
+pub(crate) fn current_group() -> Option<SharedCollective> {
     GROUP
         .with(|g| g.borrow().clone())
         .filter(|g| g.world_size() > 1)
@@ -69,12 +69,14 @@ pub(crate) fn current_group() -> Option<SharedStatsReduce> {
 pub fn synchronised_batch_norm<const D: usize>(
     bn: &BatchNorm,
     x: Tensor<D>,
-    group: &SharedStatsReduce,
+    group: &SharedCollective,
 ) -> Tensor<D> {
     let dims = x.dims();
     let channels = dims[1];
     let local = (x.shape().num_elements() / channels.max(1)) as f64;
-    let count = group.sum(vec![local])[0].max(1.0);
+    let mut count = [local];
+    group.sum_f64(&mut count);
+    let count = count[0].max(1.0);
     let mut broadcast = [1usize; D];
     broadcast[1] = channels;
     let per_channel = crate::bn_stats::per_channel::<D>;
@@ -98,7 +100,7 @@ pub fn synchronised_batch_norm<const D: usize>(
 /// instead of [`crate::layers::batch_norm`]): those normalised with per-worker statistics.
 /// Empty when the group has one worker.
 pub fn with_synchronised_batch_norm_checked<M: Module, T>(
-    group: SharedStatsReduce,
+    group: SharedCollective,
     model: &M,
     f: impl FnOnce() -> T,
 ) -> (T, Vec<String>) {

@@ -1,44 +1,14 @@
 //! Synchronised BatchNorm over worker threads equals BatchNorm over the workers' batches put
 //! together: output, every gradient, running statistics.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::Arc;
 
 use burn::module::Param;
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
+use swav_core::LocalGroup;
 use swav_models::layers::batch_norm;
-use swav_models::syncbn::{SharedStatsReduce, StatsReduce, with_synchronised_batch_norm};
-
-/// A group of threads that sum through shared slots, in rank order.
-#[derive(Debug)]
-struct Threads {
-    rank: usize,
-    slots: Arc<Mutex<Vec<Vec<f64>>>>,
-    barrier: Arc<Barrier>,
-}
-
-impl StatsReduce for Threads {
-    fn world_size(&self) -> usize {
-        self.slots.lock().expect("slots").len()
-    }
-
-    fn sum(&self, values: Vec<f64>) -> Vec<f64> {
-        self.slots.lock().expect("slots")[self.rank] = values;
-        self.barrier.wait();
-        let total = {
-            let slots = self.slots.lock().expect("slots");
-            let mut total = vec![0.0; slots[0].len()];
-            for s in slots.iter() {
-                for (t, v) in total.iter_mut().zip(s) {
-                    *t += v;
-                }
-            }
-            total
-        };
-        self.barrier.wait();
-        total
-    }
-}
+use swav_models::syncbn::{SharedCollective, with_synchronised_batch_norm};
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
@@ -99,17 +69,12 @@ fn check<const D: usize>(shape: [usize; D], workers: usize) {
     let r = Tensor::<D>::random(whole_shape, Distribution::Normal(0.0, 1.0), &device);
     let whole = step(x.clone(), r.clone(), c);
 
-    let slots = Arc::new(Mutex::new(vec![Vec::new(); workers]));
-    let barrier = Arc::new(Barrier::new(workers));
+    let mut group_of = LocalGroup::workers(workers).into_iter();
     let b = shape[0];
     let parts: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|rank| {
-                let group: SharedStatsReduce = Arc::new(Threads {
-                    rank,
-                    slots: slots.clone(),
-                    barrier: barrier.clone(),
-                });
+                let group: SharedCollective = Arc::new(group_of.next().expect("a worker per rank"));
                 let xs = x.clone().narrow(0, rank * b, b);
                 let rs = r.clone().narrow(0, rank * b, b);
                 s.spawn(move || with_synchronised_batch_norm(group, || step(xs, rs, c)))

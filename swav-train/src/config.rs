@@ -203,13 +203,14 @@ impl TrainConfig {
     /// or a bare field name that exists in exactly one section; the value is TOML, or a bare
     /// string). Unknown sections or fields are refused with their names.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self, TrainError> {
-        let mut root: toml::Table = toml::from_str(text)
-            .map_err(|e| TrainError::ConfigFile(format!("cannot parse config: {e}")))?;
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|source| TrainError::ConfigSyntax { source })?;
         for key in root.keys() {
             if !SECTIONS.contains(&key.as_str()) {
-                return Err(TrainError::ConfigFile(format!(
-                    "unknown section `[{key}]`; a config has [swav], [data] and [run]"
-                )));
+                return Err(TrainError::config(
+                    format!("[{key}]"),
+                    "is not a section; a config has [swav], [data] and [run]",
+                ));
             }
         }
         for o in overrides {
@@ -217,33 +218,33 @@ impl TrainConfig {
         }
         let config: TrainConfig = toml::Value::Table(root)
             .try_into()
-            .map_err(|e| TrainError::ConfigFile(format!("invalid config: {e}")))?;
+            .map_err(|source| TrainError::ConfigSyntax { source })?;
         Ok(config)
     }
 
     /// Reads a TOML file (see [`TrainConfig::from_toml`]); errors name the file.
     pub fn load(path: impl AsRef<Path>, overrides: &[String]) -> Result<Self, TrainError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TrainError::ConfigFile(format!("{}: {e}", path.display())))?;
-        Self::from_toml(&text, overrides)
-            .map_err(|e| TrainError::ConfigFile(format!("{}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, overrides).map_err(|e| TrainError::InConfigFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// The config as TOML (what is saved in the run folder).
     pub fn to_toml(&self) -> Result<String, TrainError> {
-        toml::to_string_pretty(self).map_err(|e| TrainError::ConfigFile(e.to_string()))
+        Ok(toml::to_string_pretty(self)?)
     }
 
     /// Checks everything that can be checked before opening data: the method's fields, the
     /// data and run settings.
     pub fn validate(&self) -> Result<(), TrainError> {
         self.swav.validate()?;
-        let bad = |field: &str, reason: &str| {
-            Err(TrainError::ConfigFile(format!(
-                "invalid config: `{field}` {reason}"
-            )))
-        };
+        let bad = |field: &str, reason: &str| Err(TrainError::config(field, reason));
         if self.data.kind != DataKind::Shapes10 && self.data.path.is_none() {
             return bad("data.path", "is required for this data kind");
         }
@@ -267,20 +268,25 @@ impl TrainConfig {
         }
         if !self.run.devices.is_empty() {
             if self.run.devices.len() != self.swav.world_size {
-                return Err(TrainError::ConfigFile(format!(
-                    "invalid config: `run.devices` names {} devices for {} workers \
-                     (swav.world_size); give one per worker or none",
-                    self.run.devices.len(),
-                    self.swav.world_size
-                )));
+                return Err(TrainError::config(
+                    "run.devices",
+                    format!(
+                        "names {} devices for {} workers (swav.world_size); give one per \
+                         worker or none",
+                        self.run.devices.len(),
+                        self.swav.world_size
+                    ),
+                ));
             }
             for d in &self.run.devices {
                 if !known(d) {
-                    return Err(TrainError::ConfigFile(format!(
-                        "invalid config: `run.devices` entry `{d}` must be `cpu` or {GPU_NAMES} \
-                         (workers on other machines: one process each under mpirun, the `mpi` \
-                         feature)"
-                    )));
+                    return Err(TrainError::config(
+                        "run.devices",
+                        format!(
+                            "entry `{d}` must be `cpu` or {GPU_NAMES} (workers on other \
+                             machines: one process each under mpirun, the `mpi` feature)"
+                        ),
+                    ));
                 }
             }
         }
@@ -307,25 +313,23 @@ impl TrainConfig {
 
 /// Applies one `key=value` override to the parsed table.
 fn apply_override(root: &mut toml::Table, text: &str) -> Result<(), TrainError> {
-    let (key, value) = text.split_once('=').ok_or_else(|| {
-        TrainError::ConfigFile(format!(
-            "override `{text}` is not key=value (e.g. swav.epochs=10)"
-        ))
-    })?;
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| TrainError::overriding(text, "is not key=value (e.g. swav.epochs=10)"))?;
     let key = key.trim();
     let value = value.trim();
     let (section, field) = match key.split_once('.') {
         Some((s, f)) => {
             if !SECTIONS.contains(&s) {
-                return Err(TrainError::ConfigFile(format!(
-                    "override `{key}`: unknown section `{s}` (swav, data, run)"
-                )));
+                return Err(TrainError::overriding(
+                    text,
+                    format!("unknown section `{s}` (swav, data, run)"),
+                ));
             }
             (s.to_string(), f.to_string())
         }
         None => {
-            let defaults = toml::Value::try_from(TrainConfig::demo())
-                .map_err(|e| TrainError::ConfigFile(e.to_string()))?;
+            let defaults = toml::Value::try_from(TrainConfig::demo())?;
             let owners: Vec<&str> = SECTIONS
                 .iter()
                 .copied()
@@ -339,14 +343,16 @@ fn apply_override(root: &mut toml::Table, text: &str) -> Result<(), TrainError> 
             match owners.as_slice() {
                 [one] => (one.to_string(), key.to_string()),
                 [] => {
-                    return Err(TrainError::ConfigFile(format!(
-                        "override `{key}`: no such field in [swav], [data] or [run]"
-                    )));
+                    return Err(TrainError::overriding(
+                        text,
+                        format!("no field `{key}` in [swav], [data] or [run]"),
+                    ));
                 }
                 _ => {
-                    return Err(TrainError::ConfigFile(format!(
-                        "override `{key}` is ambiguous; write it as section.{key}"
-                    )));
+                    return Err(TrainError::overriding(
+                        text,
+                        format!("`{key}` is ambiguous; write it as section.{key}"),
+                    ));
                 }
             }
         }
@@ -360,9 +366,9 @@ fn apply_override(root: &mut toml::Table, text: &str) -> Result<(), TrainError> 
     let table = root
         .entry(section.clone())
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let table = table.as_table_mut().ok_or_else(|| {
-        TrainError::ConfigFile(format!("`{section}` must be a table ([{section}])"))
-    })?;
+    let table = table
+        .as_table_mut()
+        .ok_or_else(|| TrainError::config(format!("[{section}]"), "must be a table"))?;
     table.insert(field, parsed);
     Ok(())
 }

@@ -46,7 +46,12 @@ pub fn device_for(config: &TrainConfig) -> Result<Device, TrainError> {
 /// `vulkan` / `vulkan:N` (pinned to Vulkan); with the `cuda` feature `cuda` / `cuda:N` (burn's
 /// CUDA backend, GPU N).
 pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
-    let gpu = gpu_name(name).map_err(|e| TrainError::ConfigFile(format!("{field}: {e}")))?;
+    let device_error = |reason: String| TrainError::Device {
+        field: field.to_string(),
+        name: name.to_string(),
+        reason,
+    };
+    let gpu = gpu_name(name).map_err(|e| device_error(e.to_string()))?;
     match (name, gpu) {
         ("cpu", _) => Ok(Device::flex()),
         #[cfg(feature = "wgpu-bare")]
@@ -61,14 +66,13 @@ pub fn device_named(name: &str, field: &str) -> Result<Device, TrainError> {
         }
         #[cfg(feature = "cuda")]
         (_, Some((GpuApi::Cuda, index))) => {
-            swav_engine::cuda_driver_loads()
-                .map_err(|e| TrainError::ConfigFile(format!("{field} = `{name}`: {e}")))?;
+            swav_engine::cuda_driver_loads().map_err(|e| device_error(e.to_string()))?;
             Ok(Device::cuda(
                 index.map_or(burn::tensor::DeviceIndex::Default, Into::into),
             ))
         }
-        (other, gpu) => Err(TrainError::ConfigFile(format!(
-            "{field} = `{other}` is not built into this binary ({})",
+        (_, gpu) => Err(device_error(format!(
+            "not built into this binary ({})",
             not_built_hint(gpu.map(|(api, _)| api))
         ))),
     }

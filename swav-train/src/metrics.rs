@@ -104,10 +104,10 @@ pub fn sinks_named(names: &[String]) -> Result<Vec<Box<dyn MetricsSink>>, TrainE
             "csv" => sinks.push(Box::new(Csv::default())),
             "tensorboard" => sinks.push(Box::new(TensorBoard::default())),
             other => {
-                return Err(TrainError::ConfigFile(format!(
-                    "invalid config: `run.metrics` entry `{other}` must be one of {}",
-                    SINK_NAMES.join(", ")
-                )));
+                return Err(TrainError::config(
+                    "run.metrics",
+                    format!("entry `{other}` must be one of {}", SINK_NAMES.join(", ")),
+                ));
             }
         }
     }

@@ -15,6 +15,8 @@ use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
 use crate::TrainError;
+use swav_core::Collective;
+
 use crate::process::ProcessGroup;
 
 /// One MPI call at a time in this process.
@@ -75,27 +77,13 @@ impl Drop for MpiProcesses {
     }
 }
 
-impl ProcessGroup for MpiProcesses {
-    fn finish(&self) {
-        let _g = Self::lock();
-        drop(
-            self.universe
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
-    }
-
+impl Collective for MpiProcesses {
     fn rank(&self) -> usize {
         self.rank
     }
 
-    fn size(&self) -> usize {
+    fn world_size(&self) -> usize {
         self.size
-    }
-
-    fn local_rank(&self) -> usize {
-        crate::process::launcher_local_rank().unwrap_or(self.rank)
     }
 
     fn sum_f64(&self, values: &mut [f64]) {
@@ -114,6 +102,31 @@ impl ProcessGroup for MpiProcesses {
         let _g = Self::lock();
         let send = values.to_vec();
         Self::world().all_reduce_into(&send[..], values, SystemOperation::sum());
+    }
+
+    fn abort(&self, message: &str) {
+        eprintln!("{message}");
+        eprintln!(
+            "swav-rs: rank {} of {} ends the MPI job (MPI_Abort)",
+            self.rank, self.size
+        );
+        Self::world().abort(70)
+    }
+}
+
+impl ProcessGroup for MpiProcesses {
+    fn finish(&self) {
+        let _g = Self::lock();
+        drop(
+            self.universe
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+    }
+
+    fn local_rank(&self) -> usize {
+        crate::process::launcher_local_rank().unwrap_or(self.rank)
     }
 
     fn gather_f32(&self, mine: &[f32]) -> Option<Vec<Vec<f32>>> {
@@ -151,14 +164,5 @@ impl ProcessGroup for MpiProcesses {
             root.gather_varcount_into(mine);
             None
         }
-    }
-
-    fn abort(&self, message: &str) -> ! {
-        eprintln!("{message}");
-        eprintln!(
-            "swav-rs: rank {} of {} ends the MPI job (MPI_Abort)",
-            self.rank, self.size
-        );
-        Self::world().abort(70)
     }
 }

@@ -40,11 +40,11 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleDisplay, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{DType, Device, Tensor, TensorData};
-use swav_core::{EmbeddingQueue, LocalGroup, LocalWorker, SwavConfig};
+use burn::tensor::{DType, Device, Tensor};
+use swav_core::{Collective, EmbeddingQueue, LocalGroup, SwavConfig};
 use swav_data::CropGroupBatch;
 use swav_models::precision::with_autocast;
-use swav_models::syncbn::{SharedStatsReduce, StatsReduce, with_synchronised_batch_norm_checked};
+use swav_models::syncbn::{SharedCollective, with_synchronised_batch_norm_checked};
 use swav_models::{Backbone, SwavModel};
 
 use crate::TrainError;
@@ -180,79 +180,6 @@ fn unscale<M: Module>(grads: &mut GradientsParams, model: &M, scale: f64) -> boo
     v.squares.is_none_or(|s| s.into_scalar::<f32>().is_finite())
 }
 
-/// How a worker reduces over the group: threads of this process, or one worker per process.
-#[derive(Debug, Clone)]
-enum Reducer {
-    Local(LocalWorker),
-    Process(SharedProcessGroup),
-}
-
-impl swav_core::AllReduce for Reducer {
-    fn world_size(&self) -> usize {
-        match self {
-            Reducer::Local(w) => w.world_size(),
-            Reducer::Process(g) => g.size(),
-        }
-    }
-
-    fn rank(&self) -> usize {
-        match self {
-            Reducer::Local(w) => w.rank(),
-            Reducer::Process(g) => g.rank(),
-        }
-    }
-
-    fn sum<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
-        match self {
-            Reducer::Local(w) => w.sum(tensor),
-            Reducer::Process(g) => host_reduce(tensor, |v| g.sum_f64(v)),
-        }
-    }
-
-    fn max<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
-        match self {
-            Reducer::Local(w) => w.max(tensor),
-            Reducer::Process(g) => host_reduce(tensor, |v| g.max_f64(v)),
-        }
-    }
-}
-
-/// A reduction of `tensor` through the host in f64, the result in the input's float type.
-fn host_reduce<const D: usize>(tensor: Tensor<D>, reduce: impl FnOnce(&mut [f64])) -> Tensor<D> {
-    let device = tensor.device();
-    let dtype = tensor.dtype();
-    let shape = tensor.shape();
-    let mut values: Vec<f64> = tensor
-        .into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("a float tensor converts to f64");
-    reduce(&mut values);
-    Tensor::<D>::from_data(TensorData::new(values, shape), (&device, dtype))
-}
-
-impl Reducer {
-    fn sum_values(&self, values: Vec<f64>) -> Vec<f64> {
-        match self {
-            Reducer::Local(w) => w.sum_values(values),
-            Reducer::Process(g) => {
-                let mut values = values;
-                g.sum_f64(&mut values);
-                values
-            }
-        }
-    }
-
-    /// Stops the group after a worker failed: the other threads' waits fail at once; the other
-    /// processes are ended by the transport (after `message` is printed).
-    fn abort(&self, message: &str) {
-        match self {
-            Reducer::Local(w) => w.abort(),
-            Reducer::Process(g) => g.abort(message),
-        }
-    }
-}
-
 /// One thread per data-parallel worker, each bound to a device.
 pub struct WorkerGroup<E> {
     processes: Option<SharedProcessGroup>,
@@ -302,11 +229,12 @@ where
         let (reply_tx, replies) = channel();
         let mut jobs = Vec::with_capacity(world);
         let mut handles = Vec::with_capacity(world);
-        let reducers: Vec<Reducer> = match &processes {
-            Some(p) => vec![Reducer::Process(p.clone())],
+        // Each worker's group: this process's place among the processes, or its thread's.
+        let reducers: Vec<SharedCollective> = match &processes {
+            Some(p) => vec![p.clone()],
             None => LocalGroup::workers(world)
                 .into_iter()
-                .map(Reducer::Local)
+                .map(|w| -> SharedCollective { std::sync::Arc::new(w) })
                 .collect(),
         };
         for (rank, reduce) in reducers.into_iter().enumerate() {
@@ -403,7 +331,7 @@ where
             // and every worker's loss.
             all_reduce_gradients(&mut out.grads, model, p.as_ref());
             running = average_running(running, p.as_ref());
-            let mut losses = vec![0.0; p.size()];
+            let mut losses = vec![0.0; p.world_size()];
             losses[p.rank()] = out.worker_losses.first().copied().unwrap_or(0.0);
             p.sum_f64(&mut losses);
             out.worker_losses = losses;
@@ -566,7 +494,7 @@ impl<E> Drop for WorkerGroup<E> {
 fn worker_loop<E: Backbone + Module + ModuleDisplay>(
     rank: usize,
     device: Device,
-    reduce: Reducer,
+    reduce: SharedCollective,
     swav: SwavConfig,
     batch: usize,
     jobs: Receiver<Job<E>>,
@@ -587,28 +515,14 @@ fn worker_loop<E: Backbone + Module + ModuleDisplay>(
                 .unwrap_or_else(|| "a panic without a message".into());
             reduce.abort(&format!(
                 "swav-rs: worker {} of {} failed: {message}",
-                swav_core::AllReduce::rank(&reduce),
-                swav_core::AllReduce::world_size(&reduce)
+                reduce.rank(),
+                reduce.world_size()
             ));
             Failure { rank, message }
         });
         if out.send(result).is_err() {
             break;
         }
-    }
-}
-
-/// The worker's group as synchronised BatchNorm reduces through it.
-#[derive(Debug)]
-struct BatchNormGroup(Reducer);
-
-impl StatsReduce for BatchNormGroup {
-    fn world_size(&self) -> usize {
-        swav_core::AllReduce::world_size(&self.0)
-    }
-
-    fn sum(&self, values: Vec<f64>) -> Vec<f64> {
-        self.0.sum_values(values)
     }
 }
 
@@ -621,12 +535,11 @@ struct Failure {
 fn worker_step<E: Backbone + Module + ModuleDisplay>(
     rank: usize,
     device: &Device,
-    reduce: &Reducer,
+    reduce: &SharedCollective,
     swav: &SwavConfig,
     batch: usize,
     job: Job<E>,
 ) -> Reply {
-    use swav_core::AllReduce;
     let world = reduce.world_size();
     // A replica of its own: new autodiff leaves, so the workers' graphs stay apart, and
     // running statistics of its own.
@@ -657,8 +570,7 @@ fn worker_step<E: Backbone + Module + ModuleDisplay>(
         None => forward_backward(),
     };
     let ((lo, loss, diagnostic, grads), unsynchronised) = if swav.sync_bn && world > 1 {
-        let group: SharedStatsReduce = std::sync::Arc::new(BatchNormGroup(reduce.clone()));
-        with_synchronised_batch_norm_checked(group, &model, with_precision)
+        with_synchronised_batch_norm_checked(reduce.clone(), &model, with_precision)
     } else {
         (with_precision(), Vec::new())
     };

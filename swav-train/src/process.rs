@@ -8,41 +8,28 @@
 //! but for these calls. Each process holds one replica of the model and applies the same update
 //! from the same all-reduced gradients, so the replicas stay equal without broadcasting weights.
 
-use std::fmt::Debug;
 use std::sync::Arc;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
-use swav_core::{EmbeddingQueue, QueueState};
+use swav_core::{Collective, EmbeddingQueue, QueueState};
 
 use crate::TrainError;
 
-/// The collective operations of a group of processes, one data-parallel worker each.
+/// A group of processes, one data-parallel worker each: the workspace's [`Collective`] (every
+/// reduction of a run goes through it) and what only processes need beside it.
 ///
 /// Every process calls each operation the same number of times, in the same order, with
 /// buffers of the same length (but for [`ProcessGroup::gather_f32`]).
-pub trait ProcessGroup: Send + Sync + Debug {
-    /// This process's rank, in `0..size()`.
-    fn rank(&self) -> usize;
-    /// Number of processes.
-    fn size(&self) -> usize;
+pub trait ProcessGroup: Collective {
     /// This process's rank among the group's processes on its machine (which of the machine's
     /// GPUs it takes when `run.devices` does not say).
     fn local_rank(&self) -> usize {
         self.rank()
     }
-    /// Element-wise sum over the processes, in place (the same bits on every process).
-    fn sum_f64(&self, values: &mut [f64]);
-    /// Element-wise maximum over the processes, in place.
-    fn max_f64(&self, values: &mut [f64]);
-    /// Element-wise sum over the processes, in place.
-    fn sum_f32(&self, values: &mut [f32]);
     /// Every process's `mine`, by rank, at rank 0 (`None` on the others).
     fn gather_f32(&self, mine: &[f32]) -> Option<Vec<Vec<f32>>>;
-    /// Ends every process of the group at once, after printing `message` (a worker that failed
-    /// must not leave the others waiting in a collective).
-    fn abort(&self, message: &str) -> !;
     /// Ends this process's part in the group (MPI_Finalize); no collective may follow. Called
     /// before a process exits on its own (a preempted run's exit status).
     fn finish(&self) {}
@@ -90,7 +77,7 @@ pub const GRADIENT_BUCKET_BYTES: usize = 25 << 20;
 pub fn all_reduce_gradients<M: Module>(
     grads: &mut GradientsParams,
     model: &M,
-    group: &dyn ProcessGroup,
+    group: &dyn Collective,
 ) -> usize {
     struct Collect<'a> {
         grads: &'a mut GradientsParams,
@@ -163,14 +150,14 @@ fn register(grads: &mut GradientsParams, id: ParamId, flat: Tensor<1>, dims: &[u
 /// divided by their number: the average of the replicas'.
 pub fn average_running(
     running: Vec<(ParamId, Tensor<1>)>,
-    group: &dyn ProcessGroup,
+    group: &dyn Collective,
 ) -> Vec<(ParamId, Tensor<1>)> {
     let mut flat: Vec<f32> = Vec::new();
     for (_, t) in &running {
         flat.extend(t.to_data().convert::<f32>().iter::<f32>());
     }
     group.sum_f32(&mut flat);
-    let world = group.size() as f32;
+    let world = group.world_size() as f32;
     let mut at = 0;
     running
         .into_iter()
@@ -189,7 +176,7 @@ pub fn average_running(
 
 /// Whether any process asks to stop (a preemption signal reaches the processes of an `mpirun`
 /// at different moments; they must stop after the same step).
-pub fn any(group: &dyn ProcessGroup, mine: bool) -> bool {
+pub fn any(group: &dyn Collective, mine: bool) -> bool {
     let mut v = [if mine { 1.0 } else { 0.0 }];
     group.max_f64(&mut v);
     v[0] > 0.0

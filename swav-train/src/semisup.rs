@@ -95,11 +95,8 @@ impl SemiSupConfig {
 
     /// Refuses settings that cannot train.
     pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |field: &str, reason: &str| {
-            Err(TrainError::ConfigFile(format!(
-                "semi-supervised `{field}` {reason}"
-            )))
-        };
+        let bad =
+            |field: &str, reason: &str| Err(TrainError::FineTune(format!("`{field}` {reason}")));
         if self.epochs == 0 {
             return bad("epochs", "must be at least 1");
         }
@@ -204,18 +201,25 @@ fn accuracy<E: Backbone + Module>(
         .transpose()
         .into_data()
         .try_to_vec_as::<f32>()
-        .map_err(|e| TrainError::ConfigFile(format!("head weights: {e:?}")))?;
+        .map_err(|e| TrainError::TensorRead {
+            what: "the classifier's weights".into(),
+            reason: format!("{e:?}"),
+        })?;
     let b = match &model.fc.bias {
-        Some(b) => b
-            .val()
-            .into_data()
-            .try_to_vec_as::<f32>()
-            .map_err(|e| TrainError::ConfigFile(format!("head bias: {e:?}")))?,
+        Some(b) => {
+            b.val()
+                .into_data()
+                .try_to_vec_as::<f32>()
+                .map_err(|e| TrainError::TensorRead {
+                    what: "the classifier's bias".into(),
+                    reason: format!("{e:?}"),
+                })?
+        }
         None => vec![0.0; k],
     };
     if k != classes || d != f.dim {
-        return Err(TrainError::ConfigFile(format!(
-            "head is {d} -> {k}, features {} and {classes} classes",
+        return Err(TrainError::FineTune(format!(
+            "the classifier is {d} -> {k}, for features of {} and {classes} classes",
             f.dim
         )));
     }
@@ -245,25 +249,23 @@ where
     let device = &base.clone().autodiff();
     config.validate()?;
     if subset.is_empty() {
-        return Err(TrainError::ConfigFile(
-            "the labelled subset is empty".into(),
-        ));
+        return Err(TrainError::FineTune("the labelled subset is empty".into()));
     }
     let labelled: DynDataset = std::sync::Arc::new(Subset::new(train.clone(), subset.to_vec())?);
     for i in 0..labelled.len() {
         match labelled.label(i) {
             Some(l) if l < classes => {}
             Some(l) => {
-                return Err(TrainError::ConfigFile(format!(
-                    "{} has label {l}, but there are {classes} classes",
-                    labelled.describe(i)
-                )));
+                return Err(TrainError::Label {
+                    sample: labelled.describe(i),
+                    reason: format!("label {l}, but there are {classes} classes"),
+                });
             }
             None => {
-                return Err(TrainError::ConfigFile(format!(
-                    "{} has no label",
-                    labelled.describe(i)
-                )));
+                return Err(TrainError::Label {
+                    sample: labelled.describe(i),
+                    reason: "no label (fine-tuning needs one per image)".into(),
+                });
             }
         }
     }
@@ -330,7 +332,7 @@ where
                 .labels
                 .iter()
                 .map(|l| {
-                    l.ok_or_else(|| TrainError::ConfigFile("a subset sample lost its label".into()))
+                    l.ok_or_else(|| TrainError::FineTune("a labelled sample lost its label".into()))
                 })
                 .collect::<Result<_, _>>()?;
             let n = labels.len();
@@ -342,7 +344,7 @@ where
                 .groups
                 .into_iter()
                 .next()
-                .ok_or_else(|| TrainError::ConfigFile("empty batch".into()))?;
+                .ok_or_else(|| TrainError::FineTune("a batch without images".into()))?;
             let x = crate::source::group_tensor(x, device);
             let target = Tensor::<2>::from_data(TensorData::new(onehot, [n, classes]), device);
             let logits = model.forward(x);
@@ -380,7 +382,7 @@ where
     let last = epochs
         .last()
         .cloned()
-        .ok_or_else(|| TrainError::ConfigFile("no epoch ran".into()))?;
+        .ok_or_else(|| TrainError::FineTune("no epoch ran".into()))?;
     let skipped_files = loader
         .skipped()
         .iter()

@@ -223,11 +223,10 @@ impl<'r, 'a, E: TaskBackbone> TrainLoop<'r, 'a, E> {
         let base = local.bases[0].clone();
         let iters_per_epoch = parts.source.batches_per_epoch();
         if iters_per_epoch == 0 {
-            return Err(TrainError::ConfigFile(format!(
-                "the data gives no complete batch of {} per worker ({world} workers): use a \
-                 smaller swav.batch_size or more images",
-                s.batch_size
-            )));
+            return Err(TrainError::NoCompleteBatch {
+                batch_size: s.batch_size,
+                workers: world,
+            });
         }
         let schedule = schedule_for(config, iters_per_epoch);
         let spec = parts.spec.clone();
@@ -815,12 +814,11 @@ fn local_workers(
             bases: bases.to_vec(),
         });
     };
-    if p.size() != world {
-        return Err(TrainError::ConfigFile(format!(
-            "{} processes, but swav.world_size is {world}: a group of processes runs one \
-             worker each",
-            p.size()
-        )));
+    if p.world_size() != world {
+        return Err(TrainError::ProcessCount {
+            processes: p.world_size(),
+            world_size: world,
+        });
     }
     let rank = p.rank();
     // `run.devices` by rank; otherwise `run.device`, and for a GPU the machine's GPU of this
