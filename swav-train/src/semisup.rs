@@ -252,66 +252,9 @@ where
         return Err(TrainError::FineTune("the labelled subset is empty".into()));
     }
     let labelled: DynDataset = std::sync::Arc::new(Subset::new(train.clone(), subset.to_vec())?);
-    for i in 0..labelled.len() {
-        match labelled.label(i) {
-            Some(l) if l < classes => {}
-            Some(l) => {
-                return Err(TrainError::Label {
-                    sample: labelled.describe(i),
-                    reason: format!("label {l}, but there are {classes} classes"),
-                });
-            }
-            None => {
-                return Err(TrainError::Label {
-                    sample: labelled.describe(i),
-                    reason: "no label (fine-tuning needs one per image)".into(),
-                });
-            }
-        }
-    }
-    let multicrop = MultiCrop::new(MultiCropConfig {
-        groups: vec![CropGroup {
-            count: 1,
-            size: config.crop,
-            min_scale: config.min_scale,
-            max_scale: 1.0,
-        }],
-        flip_p: 0.5,
-        jitter: None,
-        grayscale_p: 0.0,
-        blur: None,
-        solarize: None,
-        normalize: config.normalize,
-        ..MultiCropConfig::cifar()
-    })?;
-    let batch = config.batch_size.min(labelled.len());
-    let loader = Loader::new(
-        labelled.clone(),
-        multicrop,
-        LoaderConfig {
-            batch_size: batch,
-            seed: config.seed,
-            workers: config.workers.max(1),
-            prefetch: 4,
-            shuffle: true,
-            drop_last: false,
-            rank: 0,
-            world_size: 1,
-            warn: true,
-        },
-    )?;
-    let dim = backbone.feature_dim();
-    // N(0, 0.01) weights and zero bias, drawn as the linear probe draws them; burn's Linear
-    // stores the weight as [in, out].
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5345_4d49);
-    let init = LinearClassifier::new(dim, classes, 0.01, &mut rng);
-    let fc = Linear {
-        weight: Param::from_tensor(
-            Tensor::<2>::from_data(TensorData::new(init.weight, [classes, dim]), device)
-                .transpose(),
-        ),
-        bias: Some(Param::from_tensor(Tensor::zeros([classes], device))),
-    };
+    check_labels(&labelled, classes)?;
+    let loader = labelled_loader(labelled, config)?;
+    let fc = new_head(backbone.feature_dim(), classes, config.seed, device);
     let mut model = Classifier { backbone, fc };
     let mut optim = Optimizer::new(OptimConfig {
         kind: OptimizerKind::Sgd,
@@ -323,46 +266,18 @@ where
     });
     let mut epochs = Vec::with_capacity(config.epochs);
     let mut best = (f64::MIN, 0usize);
-    let is_head = |p: &str| p.starts_with("fc.");
     for epoch in 0..config.epochs {
         let (lr_b, lr_h) = config.rates(epoch);
         let (mut loss_sum, mut steps) = (0f64, 0usize);
         for b in loader.epoch(epoch as u64, 0) {
-            let labels: Vec<usize> = b
-                .labels
-                .iter()
-                .map(|l| {
-                    l.ok_or_else(|| TrainError::FineTune("a labelled sample lost its label".into()))
-                })
-                .collect::<Result<_, _>>()?;
-            let n = labels.len();
-            let mut onehot = vec![0f32; n * classes];
-            for (r, &l) in labels.iter().enumerate() {
-                onehot[r * classes + l] = 1.0;
-            }
-            let x = b
-                .groups
-                .into_iter()
-                .next()
-                .ok_or_else(|| TrainError::FineTune("a batch without images".into()))?;
-            let x = crate::source::group_tensor(x, device);
-            let target = Tensor::<2>::from_data(TensorData::new(onehot, [n, classes]), device);
-            let logits = model.forward(x);
-            let loss = log_softmax(logits, 1)
-                .mul(target)
-                .sum()
-                .neg()
-                .div_scalar(n as f64);
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite(format!(
-                    "semi-supervised epoch {epoch}, batch {}: loss {value} (lr backbone {lr_b}, head {lr_h})",
-                    b.index
-                )));
-            }
-            let grads = loss.backward();
-            model = optim.step(model, &grads, lr_b, &|p| is_head(p));
-            model = optim.step(model, &grads, lr_h, &|p| !is_head(p));
+            let (m, value) = train_batch(model, &mut optim, b, classes, (lr_b, lr_h), device)
+                .map_err(|e| match e {
+                    TrainError::NonFinite(at) => {
+                        TrainError::NonFinite(format!("semi-supervised epoch {epoch}, {at}"))
+                    }
+                    other => other,
+                })?;
+            model = m;
             loss_sum += value;
             steps += 1;
         }
@@ -405,4 +320,121 @@ where
             skipped_files,
         },
     ))
+}
+
+/// Refuses a labelled subset with a sample that has no label or one outside `classes`.
+fn check_labels(labelled: &DynDataset, classes: usize) -> Result<(), TrainError> {
+    for i in 0..labelled.len() {
+        let reason = match labelled.label(i) {
+            Some(l) if l < classes => continue,
+            Some(l) => format!("label {l}, but there are {classes} classes"),
+            None => "no label (fine-tuning needs one per image)".into(),
+        };
+        return Err(TrainError::Label {
+            sample: labelled.describe(i),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// The loader of the labelled images: one random resized crop (and a flip) per image.
+fn labelled_loader(
+    labelled: DynDataset,
+    config: &SemiSupConfig,
+) -> Result<Loader<DynDataset>, TrainError> {
+    let multicrop = MultiCrop::new(MultiCropConfig {
+        groups: vec![CropGroup {
+            count: 1,
+            size: config.crop,
+            min_scale: config.min_scale,
+            max_scale: 1.0,
+        }],
+        flip_p: 0.5,
+        jitter: None,
+        grayscale_p: 0.0,
+        blur: None,
+        solarize: None,
+        normalize: config.normalize,
+        ..MultiCropConfig::cifar()
+    })?;
+    let batch = config.batch_size.min(labelled.len());
+    Ok(Loader::new(
+        labelled,
+        multicrop,
+        LoaderConfig {
+            batch_size: batch,
+            seed: config.seed,
+            workers: config.workers.max(1),
+            prefetch: 4,
+            shuffle: true,
+            drop_last: false,
+            rank: 0,
+            world_size: 1,
+            warn: true,
+        },
+    )?)
+}
+
+/// A new classifier head: N(0, 0.01) weights and zero bias, drawn as the linear probe draws
+/// them; burn's Linear stores the weight as `[in, out]`.
+fn new_head(dim: usize, classes: usize, seed: u64, device: &Device) -> Linear {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5345_4d49);
+    let init = LinearClassifier::new(dim, classes, 0.01, &mut rng);
+    Linear {
+        weight: Param::from_tensor(
+            Tensor::<2>::from_data(TensorData::new(init.weight, [classes, dim]), device)
+                .transpose(),
+        ),
+        bias: Some(Param::from_tensor(Tensor::zeros([classes], device))),
+    }
+}
+
+/// One step on batch `b`: the cross-entropy, then the backbone's update at `rates.0` and the
+/// head's at `rates.1`. Returns the model and the batch's loss.
+fn train_batch<E>(
+    model: Classifier<E>,
+    optim: &mut Optimizer,
+    b: swav_data::Batch,
+    classes: usize,
+    (lr_b, lr_h): (f64, f64),
+    device: &Device,
+) -> Result<(Classifier<E>, f64), TrainError>
+where
+    E: Backbone + Module + burn::module::ModuleDisplay + 'static,
+{
+    let is_head = |p: &str| p.starts_with("fc.");
+    let labels: Vec<usize> = b
+        .labels
+        .iter()
+        .map(|l| l.ok_or_else(|| TrainError::FineTune("a labelled sample lost its label".into())))
+        .collect::<Result<_, _>>()?;
+    let n = labels.len();
+    let mut onehot = vec![0f32; n * classes];
+    for (r, &l) in labels.iter().enumerate() {
+        onehot[r * classes + l] = 1.0;
+    }
+    let x = b
+        .groups
+        .into_iter()
+        .next()
+        .ok_or_else(|| TrainError::FineTune("a batch without images".into()))?;
+    let x = crate::source::group_tensor(x, device);
+    let target = Tensor::<2>::from_data(TensorData::new(onehot, [n, classes]), device);
+    let loss = log_softmax(model.forward(x), 1)
+        .mul(target)
+        .sum()
+        .neg()
+        .div_scalar(n as f64);
+    let value = loss.clone().into_scalar::<f32>() as f64;
+    if !value.is_finite() {
+        return Err(TrainError::NonFinite(format!(
+            "batch {}: loss {value} (lr backbone {lr_b}, head {lr_h})",
+            b.index
+        )));
+    }
+    let grads = loss.backward();
+    let model = optim.step(model, &grads, lr_b, &|p| is_head(p));
+    let model = optim.step(model, &grads, lr_h, &|p| !is_head(p));
+    Ok((model, value))
 }

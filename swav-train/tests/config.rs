@@ -243,3 +243,45 @@ fn the_cifar10_cpu_recipe_is_the_default_for_a_folder_with_a_bounded_monitor() {
         "not the demo's recipe"
     );
 }
+
+/// Each kind of configuration failure is its own error, with its cause: a file that cannot be
+/// read (the operating system's error and the file), a file that is not a config (the parser's
+/// error, inside an error naming the file), a refused value (its key), a refused override.
+#[test]
+fn configuration_errors_are_typed_with_their_cause() {
+    use std::error::Error;
+    use swav_train::TrainError;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.toml");
+    match TrainConfig::load(&missing, &[]) {
+        Err(TrainError::ConfigRead { path, source }) => {
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("a missing file: {other:?}"),
+    }
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[swav\nepochs = ").expect("write");
+    let e = TrainConfig::load(&broken, &[]).expect_err("not TOML");
+    assert!(e.to_string().contains("broken.toml"), "{e}");
+    match &e {
+        TrainError::InConfigFile { path, source } => {
+            assert_eq!(path, &broken);
+            assert!(
+                matches!(**source, TrainError::ConfigSyntax { .. }),
+                "{source:?}"
+            );
+        }
+        other => panic!("a broken file: {other:?}"),
+    }
+    assert!(e.source().is_some(), "the cause is kept");
+    let c = TrainConfig::from_toml("", &["run.log_every=0".into()]).expect("parses");
+    match c.validate() {
+        Err(TrainError::ConfigValue { key, .. }) => assert_eq!(key, "run.log_every"),
+        other => panic!("a refused value: {other:?}"),
+    }
+    match TrainConfig::from_toml("", &["epochs".into()]) {
+        Err(TrainError::Override { text, .. }) => assert_eq!(text, "epochs"),
+        other => panic!("a refused override: {other:?}"),
+    }
+}
