@@ -266,6 +266,82 @@ pub(crate) fn random_batches(
         .collect()
 }
 
+/// The peer's model (head 2048 -> 128, 3000 prototypes), drawn on the CPU and moved to
+/// `device`: the same initial weights on every backend, so their losses compare (each backend's
+/// own generator draws other numbers).
+fn peer_model(
+    args: &BenchArgs,
+    device: &burn::tensor::Device,
+) -> Result<swav_models::SwavModel<swav_models::ResNet>> {
+    let spec = SwavModelSpec {
+        arch: args.arch.clone(),
+        base_width: args.base_width,
+        cifar_stem: args.cifar_stem,
+        hidden_mlp: 2048,
+        feat_dim: 128,
+        prototypes: vec![3000],
+        backbone: serde_json::Value::Null,
+    };
+    let cpu = burn::tensor::Device::flex().autodiff();
+    Ok(seeded_init(&cpu, 0, |d| spec.init(d))?.fork(device))
+}
+
+/// What the timed steps measured.
+struct StepTimes {
+    /// Seconds of the timed steps.
+    timed_s: f64,
+    /// Seconds of those spent combining gradients.
+    exchange_s: f64,
+    /// Seconds from the command's start to the end of the first step.
+    first_step_s: Option<f64>,
+    /// The last step's loss.
+    loss: f64,
+}
+
+/// `--warmup` untimed steps, then `--steps` timed ones, of the trainer's step and update.
+fn time_steps(
+    args: &BenchArgs,
+    mut model: swav_models::SwavModel<swav_models::ResNet>,
+    group: &WorkerGroup<swav_models::ResNet>,
+    batches: Vec<Vec<swav_data::CropGroupBatch>>,
+    local: usize,
+    started: Instant,
+) -> Result<StepTimes> {
+    let mut optim = Optimizer::new(OptimConfig {
+        kind: OptimizerKind::Sgd,
+        momentum: 0.9,
+        weight_decay: 1e-6,
+        trust: 0.001,
+        exclude_bn_bias: false,
+        clip: false,
+    });
+    let mut queues: Vec<_> = (0..local).map(|_| None).collect();
+    let mut times = StepTimes {
+        timed_s: 0.0,
+        exchange_s: 0.0,
+        first_step_s: None,
+        loss: 0.0,
+    };
+    for i in 0..args.warmup + args.steps {
+        let t = Instant::now();
+        model = swav_train::normalize_heads(model);
+        let out = group.step(&model, batches.clone(), &mut queues, false)?;
+        times.loss = out.loss;
+        model = optim.step(model, &out.grads, 0.1, &|_| false);
+        model = out.with_running_stats(model);
+        // From the command's start: device start-up, kernel compilation and autotuning, which
+        // a kernel cache carried from an earlier run saves.
+        times
+            .first_step_s
+            .get_or_insert(started.elapsed().as_secs_f64());
+        if i >= args.warmup {
+            times.timed_s += t.elapsed().as_secs_f64();
+            times.exchange_s += out.combine_s;
+        }
+    }
+    Ok(times)
+}
+
 /// Runs `cargo xtask bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let crops = parse_crops(&args.crops)?;
@@ -291,28 +367,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let devices = devices_for(&cfg)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let device = devices[0].clone().autodiff();
-    // The peer's model: head 2048 -> 128, 3000 prototypes.
-    let spec = SwavModelSpec {
-        arch: args.arch.clone(),
-        base_width: args.base_width,
-        cifar_stem: args.cifar_stem,
-        hidden_mlp: 2048,
-        feat_dim: 128,
-        prototypes: vec![3000],
-        backbone: serde_json::Value::Null,
-    };
-    // Drawn on the CPU and moved: the same initial weights on every backend, so their losses
-    // compare (each backend's own generator draws other numbers).
-    let cpu = burn::tensor::Device::flex().autodiff();
-    let mut model = seeded_init(&cpu, 0, |d| spec.init(d))?.fork(&device);
-    let mut optim = Optimizer::new(OptimConfig {
-        kind: OptimizerKind::Sgd,
-        momentum: 0.9,
-        weight_decay: 1e-6,
-        trust: 0.001,
-        exclude_bn_bias: false,
-        clip: false,
-    });
+    let model = peer_model(args, &device)?;
     // The peer's loss settings: crops 0 and 1 assigned, T 0.1, epsilon 0.05, 3 iterations.
     let swav = SwavConfig {
         sync_bn: args.sync_bn,
@@ -330,25 +385,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     set_amp(&mut group, args.amp.as_deref())?;
     let batches = random_batches(crops.as_slice(), args.batch, local, rank as u64);
-    let mut queues: Vec<_> = (0..local).map(|_| None).collect();
-    let mut last = 0f64;
-    let (mut timed, mut exchange) = (0f64, 0f64);
-    let mut first_step_s = None;
-    for i in 0..args.warmup + args.steps {
-        let t = Instant::now();
-        model = swav_train::normalize_heads(model);
-        let out = group.step(&model, batches.clone(), &mut queues, false)?;
-        last = out.loss;
-        model = optim.step(model, &out.grads, 0.1, &|_| false);
-        model = out.with_running_stats(model);
-        // From the command's start: device start-up, kernel compilation and autotuning, which
-        // a kernel cache carried from an earlier run saves.
-        first_step_s.get_or_insert(started.elapsed().as_secs_f64());
-        if i >= args.warmup {
-            timed += t.elapsed().as_secs_f64();
-            exchange += out.combine_s;
-        }
-    }
+    let times = time_steps(args, model, &group, batches, local, started)?;
+    let (timed, exchange, first_step_s, last) = (
+        times.timed_s,
+        times.exchange_s,
+        times.first_step_s,
+        times.loss,
+    );
     let images = (args.batch * workers * args.steps) as f64;
     if rank != 0 {
         // Rank 0 reports for the job.

@@ -25,7 +25,12 @@ pub struct KnnArgs {
 /// `cargo xtask knn-eval` with the loaded model.
 pub(super) fn knn_with<E: TaskBackbone>(args: &KnnArgs, loaded: Loaded<E>) -> Result<()> {
     let m = &args.model;
-    let (train, test, classes, desc) = splits(&loaded.config, m)?;
+    let super::Splits {
+        train,
+        test,
+        classes,
+        description: desc,
+    } = splits(&loaded.config, m)?;
     let device = device_for(&loaded.config)?;
     let ex = crate::extract_config(&loaded.config, m.batch)?;
     if !args.temperature.is_empty() && args.temperature.len() != args.k.len() {

@@ -285,16 +285,20 @@ fn apply_spec(c: &mut TrainConfig, spec: &SwavModelSpec) {
     c.swav.nmb_prototypes = spec.prototypes.clone();
 }
 
+/// The labelled splits an evaluation uses.
+pub(super) struct Splits {
+    /// The labelled training split.
+    pub train: swav_train::DynDataset,
+    /// The labelled test split.
+    pub test: swav_train::DynDataset,
+    /// Classes.
+    pub classes: usize,
+    /// What they are, for the report.
+    pub description: String,
+}
+
 /// The labelled train and test splits and the class count.
-pub(super) fn splits(
-    config: &TrainConfig,
-    args: &ModelArgs,
-) -> Result<(
-    swav_train::DynDataset,
-    swav_train::DynDataset,
-    usize,
-    String,
-)> {
+pub(super) fn splits(config: &TrainConfig, args: &ModelArgs) -> Result<Splits> {
     let data = open_data(
         &config.data,
         config.swav.seed,
@@ -318,7 +322,12 @@ pub(super) fn splits(
         train.len(),
         test.len()
     );
-    Ok((train, test, classes, desc))
+    Ok(Splits {
+        train,
+        test,
+        classes,
+        description: desc,
+    })
 }
 
 pub(super) fn command_line() -> String {

@@ -85,48 +85,16 @@ fn indices_from_list(ds: &dyn swav_data::ImageDataset, list: &Path) -> Result<Ve
 /// `cargo xtask semisup` with the loaded model.
 pub(super) fn semisup_with<E: TaskBackbone>(args: &SemiSupArgs, loaded: Loaded<E>) -> Result<()> {
     let m = &args.model;
-    let (train, test, classes, desc) = splits(&loaded.config, m)?;
+    let super::Splits {
+        train,
+        test,
+        classes,
+        description: desc,
+    } = splits(&loaded.config, m)?;
     let device = device_for(&loaded.config)?;
     let ex = crate::extract_config(&loaded.config, m.batch)?;
-    let normalize = ex.transform.normalize;
-    let crop = ex.transform.crop;
-    let mut recipe = match args.recipe.as_str() {
-        "10pct" | "10" => swav_train::SemiSupConfig::imagenet_10pct(crop, normalize),
-        "1pct" | "1" => swav_train::SemiSupConfig::imagenet_1pct(crop, normalize),
-        other => bail!("--recipe `{other}` is unknown; choose 10pct or 1pct"),
-    };
-    if let Some(e) = args.epochs {
-        recipe.decay_epochs = recipe
-            .decay_epochs
-            .iter()
-            .map(|d| (d * e).div_ceil(recipe.epochs))
-            .collect();
-        recipe.epochs = e;
-    }
-    if let Some(l) = args.lr_backbone {
-        recipe.lr_backbone = l;
-    }
-    if let Some(l) = args.lr_head {
-        recipe.lr_head = l;
-    }
-    if let Some(b) = args.batch_size {
-        recipe.batch_size = b;
-    }
-    recipe.seed = loaded.config.swav.seed;
-    recipe.workers = ex.workers;
-    let (subset, subset_desc) = match &args.subset_list {
-        Some(list) => (
-            indices_from_list(train.as_ref(), list)?,
-            format!("list {}", list.display()),
-        ),
-        None => (
-            swav_data::class_balanced_fraction(&train, args.fraction, recipe.seed)?,
-            format!(
-                "class-balanced fraction {} (seed {})",
-                args.fraction, recipe.seed
-            ),
-        ),
-    };
+    let recipe = recipe_for(args, &ex, loaded.config.swav.seed)?;
+    let (subset, subset_desc) = labelled_subset(args, &train, recipe.seed)?;
     eprintln!(
         "semi-supervised fine-tuning of {} on {} labelled images ({subset_desc}) of {desc}",
         loaded.source,
@@ -160,8 +128,76 @@ pub(super) fn semisup_with<E: TaskBackbone>(args: &SemiSupArgs, loaded: Loaded<E
             "config": loaded.config,
         }),
     )?;
+    print_summary(&loaded.source, &desc, &subset_desc, &recipe, &result);
+    println!("time {secs:.1} s");
+    println!("report: {}", report.display());
+    Ok(())
+}
+
+/// The recipe `--recipe` names, with the command line's epochs (the decay epochs scaled with
+/// them), learning rates and batch size, the checkpoint's seed and the loader's workers.
+fn recipe_for(
+    args: &SemiSupArgs,
+    ex: &swav_eval::ExtractConfig,
+    seed: u64,
+) -> Result<swav_train::SemiSupConfig> {
+    let (crop, normalize) = (ex.transform.crop, ex.transform.normalize);
+    let mut recipe = match args.recipe.as_str() {
+        "10pct" | "10" => swav_train::SemiSupConfig::imagenet_10pct(crop, normalize),
+        "1pct" | "1" => swav_train::SemiSupConfig::imagenet_1pct(crop, normalize),
+        other => bail!("--recipe `{other}` is unknown; choose 10pct or 1pct"),
+    };
+    if let Some(e) = args.epochs {
+        recipe.decay_epochs = recipe
+            .decay_epochs
+            .iter()
+            .map(|d| (d * e).div_ceil(recipe.epochs))
+            .collect();
+        recipe.epochs = e;
+    }
+    if let Some(l) = args.lr_backbone {
+        recipe.lr_backbone = l;
+    }
+    if let Some(l) = args.lr_head {
+        recipe.lr_head = l;
+    }
+    if let Some(b) = args.batch_size {
+        recipe.batch_size = b;
+    }
+    recipe.seed = seed;
+    recipe.workers = ex.workers;
+    Ok(recipe)
+}
+
+/// The labelled images: those of `--subset-list`, or a class-balanced `--fraction`; and how
+/// they were chosen, for the report.
+fn labelled_subset(
+    args: &SemiSupArgs,
+    train: &swav_train::DynDataset,
+    seed: u64,
+) -> Result<(Vec<usize>, String)> {
+    Ok(match &args.subset_list {
+        Some(list) => (
+            indices_from_list(train.as_ref(), list)?,
+            format!("list {}", list.display()),
+        ),
+        None => (
+            swav_data::class_balanced_fraction(train, args.fraction, seed)?,
+            format!("class-balanced fraction {} (seed {seed})", args.fraction),
+        ),
+    })
+}
+
+/// The fine-tuning's readable summary.
+fn print_summary(
+    source: &str,
+    desc: &str,
+    subset_desc: &str,
+    recipe: &swav_train::SemiSupConfig,
+    result: &swav_train::SemiSupResult,
+) {
     println!("== semi-supervised fine-tuning");
-    println!("weights: {}", loaded.source);
+    println!("weights: {}", source);
     println!("data: {desc}");
     println!(
         "labelled: {} of {} training images ({subset_desc})",
@@ -186,7 +222,4 @@ pub(super) fn semisup_with<E: TaskBackbone>(args: &SemiSupArgs, loaded: Loaded<E
         result.last_top5
     );
     println!("skipped files: {}", result.skipped_files.len());
-    println!("time {secs:.1} s");
-    println!("report: {}", report.display());
-    Ok(())
 }
