@@ -165,7 +165,9 @@ impl Default for TrainConfig {
 const SECTIONS: [&str; 3] = ["swav", "data", "run"];
 
 impl TrainConfig {
-    /// The built-in demo: the `demo` SwAV preset on Shapes10, on the CPU, in `runs/demo`.
+    /// The built-in demo: the `demo` SwAV preset on Shapes10, on the CPU, in `runs/demo` (what
+    /// `configs/demo.toml` says; a test holds the two equal). It is also what a config file's
+    /// missing sections take, so it is built here rather than parsed from the file.
     pub fn demo() -> Self {
         Self {
             swav: SwavConfig::demo(),
@@ -216,6 +218,7 @@ impl TrainConfig {
         for o in overrides {
             apply_override(&mut root, o)?;
         }
+        resolve_preset(&mut root)?;
         let config: TrainConfig = toml::Value::Table(root)
             .try_into()
             .map_err(|source| TrainError::ConfigSyntax { source })?;
@@ -309,6 +312,28 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// `[swav] preset = "NAME"`: the [`SwavConfig`] preset of that name (defined once, in
+/// swav-core) under the section's other fields, which take precedence.
+fn resolve_preset(root: &mut toml::Table) -> Result<(), TrainError> {
+    let Some(toml::Value::Table(swav)) = root.get_mut("swav") else {
+        return Ok(());
+    };
+    let Some(name) = swav.remove("preset") else {
+        return Ok(());
+    };
+    let name = name
+        .as_str()
+        .ok_or_else(|| TrainError::config("swav.preset", "must be a string"))?;
+    let preset =
+        SwavConfig::preset(name).map_err(|e| TrainError::config("swav.preset", e.to_string()))?;
+    let toml::Value::Table(mut merged) = toml::Value::try_from(preset)? else {
+        return Err(TrainError::config("swav.preset", "is not a table"));
+    };
+    merged.extend(std::mem::take(swav));
+    *swav = merged;
+    Ok(())
 }
 
 /// Applies one `key=value` override to the parsed table.

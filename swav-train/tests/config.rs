@@ -285,3 +285,26 @@ fn configuration_errors_are_typed_with_their_cause() {
         other => panic!("a refused override: {other:?}"),
     }
 }
+
+/// `[swav] preset = NAME` takes swav-core's preset, under the section's other fields and the
+/// overrides; an unknown name is refused by its key.
+#[test]
+fn a_preset_named_in_a_file_is_the_base_of_its_section() {
+    use swav_train::TrainError;
+    let c = TrainConfig::from_toml(
+        "[swav]\npreset = \"imagenet-bs256\"\nepochs = 7\n",
+        &["swav.batch_size=32".into()],
+    )
+    .expect("parses");
+    let mut want = SwavConfig::imagenet_bs256();
+    want.epochs = 7;
+    want.batch_size = 32;
+    assert_eq!(c.swav, want);
+    match TrainConfig::from_toml("[swav]\npreset = \"imagenet-9000ep\"\n", &[]) {
+        Err(TrainError::ConfigValue { key, reason }) => {
+            assert_eq!(key, "swav.preset");
+            assert!(reason.contains("imagenet-800ep"), "the known names: {reason}");
+        }
+        other => panic!("an unknown preset: {other:?}"),
+    }
+}
