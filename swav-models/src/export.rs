@@ -4,7 +4,9 @@
 //! `torch.load(..., weights_only=True)`) or as safetensors.
 //!
 //! torchvision's `load_state_dict` is strict: every BatchNorm gets its `num_batches_tracked`
-//! (int64), and a backbone-only export carries torchvision's classifier `fc` as zeros of the
+//! (int64; written as 0, as burn's BatchNorm does not count its updates: PyTorch reads the count
+//! only with `momentum=None`, cumulative averaging, which neither torchvision's nor SwAV's
+//! BatchNorms use, so the exported statistics behave the same in training and evaluation), and a backbone-only export carries torchvision's classifier `fc` as zeros of the
 //! requested class count (SwAV trains none; replace it or fine-tune it).
 
 use std::io::Write;

@@ -1,15 +1,88 @@
-//! Export round trips without Python: a model written under torchvision's / the original SwAV's
-//! names as a `.pt` state dict reads back through the PyTorch importers (`load_torchvision_resnet`,
-//! `load_swav_checkpoint`) into a fresh model with every tensor bit-identical, and the safetensors
-//! file holds the same keys. (`scripts/parity/torch_export_check.py` checks the same files in
-//! PyTorch itself: strict `load_state_dict` and features to 1e-4.)
+//! Export round trips without Python, on a model whose every tensor (weights, BatchNorm scales,
+//! shifts and running statistics) holds distinct random values, so that two tensors of one
+//! shape swapped (a BatchNorm's weight and running variance) cannot round-trip unseen: the `.pt`
+//! state dict reads back through the PyTorch importers (`load_torchvision_resnet`,
+//! `load_swav_checkpoint`) into a fresh model bit-identical, and the safetensors file, read by
+//! the safetensors crate, holds every exported tensor with its dtype, shape and values.
+//! (`scripts/parity/torch_export_check.py` checks the same files in PyTorch itself: strict
+//! `load_state_dict` and features to 1e-4.)
 
 use burn::store::ModuleSnapshot;
+use burn::store::burn_pack::{Bytes, DType, Tensor as PackTensor};
 use burn::tensor::Device;
 use swav_models::{
-    ExportHead, SwavModelSpec, load_swav_checkpoint, load_torchvision_resnet, torchvision_tensors,
-    write_safetensors_export, write_torch_state_dict,
+    ExportHead, ExportTensor, ExportValues, SwavModel, SwavModelSpec, load_swav_checkpoint,
+    load_torchvision_resnet, torchvision_tensors, write_safetensors_export, write_torch_state_dict,
 };
+
+/// `model` with every float tensor replaced by distinct pseudo-random values (running
+/// variances positive), drawn from a fixed sequence.
+fn randomised(mut model: SwavModel<swav_models::ResNet>) -> SwavModel<swav_models::ResNet> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let tensors: Vec<PackTensor> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| {
+            let n: usize = t.shape.iter().product();
+            let positive = t.name.ends_with("running_var");
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    if positive {
+                        0.5 + next()
+                    } else {
+                        2.0 * next() - 1.0
+                    }
+                })
+                .collect();
+            PackTensor::new(
+                t.name.clone(),
+                DType::F32,
+                t.shape.to_vec(),
+                None,
+                Bytes::from_elems(values),
+            )
+        })
+        .collect();
+    let n = tensors.len();
+    let applied = model.apply(tensors, None, None, false);
+    assert_eq!(
+        applied.applied.len(),
+        n,
+        "every tensor randomised: {applied:?}"
+    );
+    model
+}
+
+/// The safetensors file holds exactly `tensors`: names, dtypes, shapes and values.
+fn assert_safetensors_hold(path: &std::path::Path, tensors: &[ExportTensor]) {
+    use safetensors::tensor::Dtype;
+    let raw = std::fs::read(path).expect("read");
+    let file = safetensors::SafeTensors::deserialize(&raw).expect("a safetensors file");
+    assert_eq!(
+        file.len(),
+        tensors.len(),
+        "{}: tensor count",
+        path.display()
+    );
+    for t in tensors {
+        let view = file
+            .tensor(&t.name)
+            .expect("every exported tensor is in the file");
+        assert_eq!(view.shape(), t.shape.as_slice(), "{}: shape", t.name);
+        let (dtype, bytes): (Dtype, Vec<u8>) = match &t.values {
+            ExportValues::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            ExportValues::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        assert_eq!(view.dtype(), dtype, "{}: dtype", t.name);
+        assert_eq!(view.data(), bytes.as_slice(), "{}: values", t.name);
+    }
+}
 
 fn bits<M: ModuleSnapshot>(m: &M) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = m
@@ -42,7 +115,10 @@ fn a_pt_export_reads_back_bit_identical() {
     let device = Device::flex();
     for (arch, cifar) in [("resnet18", true), ("resnet50", false)] {
         let s = spec(arch, cifar);
-        let model = s.init(&device).expect("model");
+        let model = randomised(s.init(&device).expect("model"));
+        let bn_weight = model.backbone.bn1.gamma.val().into_data();
+        let bn_var = model.backbone.bn1.running_var.value().into_data();
+        assert_ne!(bn_weight, bn_var, "BatchNorm scale and variance differ");
 
         // The backbone under torchvision's names, with its zero classifier.
         let tensors = torchvision_tensors(
@@ -73,16 +149,9 @@ fn a_pt_export_reads_back_bit_identical() {
         let back = load_swav_checkpoint(fresh, &pt, None).expect("the SwAV .pt reads back");
         assert_eq!(bits(&back), bits(&model), "{arch}: model round trip");
 
-        // The safetensors file: the same keys, in its own header.
+        // The safetensors file: every tensor, with its dtype, shape and values.
         let st = dir.path().join(format!("{arch}-swav.safetensors"));
         write_safetensors_export(&st, &tensors).expect("safetensors written");
-        let raw = std::fs::read(&st).expect("read");
-        let n = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes")) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).expect("header");
-        let mut keys: Vec<&String> = header.as_object().expect("object").keys().collect();
-        keys.sort();
-        let mut want: Vec<&String> = tensors.iter().map(|t| &t.name).collect();
-        want.sort();
-        assert_eq!(keys, want);
+        assert_safetensors_hold(&st, &tensors);
     }
 }

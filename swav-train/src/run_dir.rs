@@ -396,15 +396,13 @@ impl Saver<'_> {
         let ckpt_file = &self.file;
         let previous = ckpt_file.with_file_name(PREVIOUS_CHECKPOINT_FILE);
         let fresh = ckpt_file.with_file_name(NEXT_CHECKPOINT_FILE);
-        let written = if self.faults.is_some_and(|f| f.checkpoint_fails(iteration)) {
-            // ENOSPC, as the operating system reports a full disk.
-            Err(format!(
-                "{}: {} (injected)",
-                fresh.display(),
-                std::io::Error::from_raw_os_error(28)
-            ))
-        } else {
-            write_checkpoint(&fresh, model, arrays, meta).map_err(|e| e.to_string())
+        let fails = self.faults.is_some_and(|f| f.checkpoint_fails(iteration));
+        let written = write_checkpoint(&fresh, model, arrays, meta).map_err(|e| e.to_string());
+        let written = match written {
+            // ENOSPC part-way through the write, as a full disk reports it: half the file is on
+            // disk when the error comes.
+            Ok(()) if fails => Err(cut_short(&fresh)),
+            other => other,
         };
         if let Err(e) = written {
             let _ = std::fs::remove_file(&fresh);
@@ -427,5 +425,25 @@ impl Saver<'_> {
         }
         std::fs::rename(&fresh, ckpt_file).map_err(|e| TrainError::io(ckpt_file, e))?;
         Ok(())
+    }
+}
+
+/// Cuts `file` to half its length and says so as the operating system reports a full disk
+/// (the injected fault of a checkpoint write that fails part-way).
+fn cut_short(file: &Path) -> String {
+    let enospc = std::io::Error::from_raw_os_error(28);
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|f| {
+            let len = f.metadata()?.len();
+            f.set_len(len / 2)
+        });
+    match cut {
+        Ok(()) => format!("{}: {enospc} (injected)", file.display()),
+        Err(e) => format!(
+            "{}: {enospc} (injected; cutting the file: {e})",
+            file.display()
+        ),
     }
 }

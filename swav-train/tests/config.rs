@@ -303,7 +303,10 @@ fn a_preset_named_in_a_file_is_the_base_of_its_section() {
     match TrainConfig::from_toml("[swav]\npreset = \"imagenet-9000ep\"\n", &[]) {
         Err(TrainError::ConfigValue { key, reason }) => {
             assert_eq!(key, "swav.preset");
-            assert!(reason.contains("imagenet-800ep"), "the known names: {reason}");
+            assert!(
+                reason.contains("imagenet-800ep"),
+                "the known names: {reason}"
+            );
         }
         other => panic!("an unknown preset: {other:?}"),
     }

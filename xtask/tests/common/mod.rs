@@ -108,7 +108,36 @@ pub fn tensors(ckpt: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// The training state a checkpoint holds (epoch, next batch, iteration, optimiser step counts,
+/// queue fill, loss scale, configuration), without what legitimately differs between two runs
+/// of one configuration: the wall time and the run folder.
+pub fn training_state(ckpt: &Path) -> serde_json::Value {
+    let c = swav_models::read_checkpoint(ckpt).expect("the checkpoint reads");
+    let text = c
+        .metadata
+        .get("swav.train_state")
+        .expect("a checkpoint of a training run");
+    let mut state: serde_json::Value = serde_json::from_str(text).expect("the state parses");
+    let map = state.as_object_mut().expect("the state is an object");
+    assert!(map.remove("elapsed_s").is_some(), "the state has its time");
+    let run = map["config"]["run"]
+        .as_object_mut()
+        .expect("the run section");
+    assert!(
+        run.remove("out_dir").is_some(),
+        "the config has its run folder"
+    );
+    state
+}
+
+/// The checkpoint `got` holds the same tensors, bit for bit, and the same training state as
+/// `reference`.
 pub fn assert_same_tensors(got: &Path, reference: &Path, case: &str) {
+    assert_eq!(
+        training_state(got),
+        training_state(reference),
+        "{case}: the training state (epoch, iteration, optimiser steps, queue fill, config)"
+    );
     let (a, b) = (tensors(got), tensors(reference));
     assert_eq!(a.len(), b.len(), "{case}: tensor count");
     for ((n1, b1), (n2, b2)) in a.iter().zip(&b) {
