@@ -436,7 +436,10 @@ pub fn mnist(dir: impl AsRef<Path>, split: Split) -> Result<InMemoryImages, Data
         be32(&images, 12),
     );
     let per = rows as usize * cols as usize;
-    if images.len() != 16 + n * per {
+    // The header's counts are the file's word: checked, so a corrupt one is refused, not
+    // wrapped around.
+    let expected = n.checked_mul(per).and_then(|b| b.checked_add(16));
+    if expected != Some(images.len()) {
         return Err(DataError::BadFileSize {
             path: ip,
             size: images.len() as u64,

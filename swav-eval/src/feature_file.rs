@@ -132,9 +132,14 @@ impl FeatureFile {
                 .try_into()
                 .map_err(|_| bad("header".into()))?,
         );
-        let want = HEADER + rows * (dim as u64 * 4 + 8);
+        // The header's counts are the file's word: checked, so a corrupt one is refused, not
+        // wrapped around.
+        let want = (dim as u64 * 4 + 8)
+            .checked_mul(rows)
+            .and_then(|b| b.checked_add(HEADER));
         let len = file.metadata().map_err(|e| EvalError::io(&path, e))?.len();
-        if len != want || dim == 0 {
+        if want != Some(len) || dim == 0 {
+            let want = want.map_or_else(|| "more than 2^64".to_string(), |w| w.to_string());
             return Err(bad(format!(
                 "{len} bytes, but {rows} rows of {dim} floats with labels make {want}"
             )));
