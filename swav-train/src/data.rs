@@ -1,6 +1,7 @@
 //! Opening the datasets of a run from its [`DataConfig`]: the pretraining set, and the
 //! labelled train/test splits of the kNN monitor when the data has them.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rand::SeedableRng;
@@ -110,6 +111,68 @@ fn folder_splits(root: &std::path::Path) -> Result<(DynDataset, Option<DynDatase
     }
 }
 
+/// The splits of a dataset before limits: what pretraining reads, the kNN monitor's labelled
+/// pair, and what they are.
+struct Splits {
+    train: DynDataset,
+    knn_train: Option<DynDataset>,
+    knn_test: Option<DynDataset>,
+    description: String,
+}
+
+/// The splits of `config`'s dataset kind at `path`.
+fn open_splits(config: &DataConfig, path: &Path) -> Result<Splits, TrainError> {
+    let labelled_pair = |train: DynDataset, test, description| Splits {
+        train: train.clone(),
+        knn_train: Some(train),
+        knn_test: test,
+        description,
+    };
+    Ok(match config.kind {
+        DataKind::Shapes10 => {
+            let tr: DynDataset =
+                Arc::new(Shapes10::train(config.shapes10_seed, config.shapes10_train));
+            let te: DynDataset =
+                Arc::new(Shapes10::test(config.shapes10_seed, config.shapes10_test));
+            let d = format!(
+                "Shapes10 (built in, seed {}): {} train / {} test images",
+                config.shapes10_seed, config.shapes10_train, config.shapes10_test
+            );
+            labelled_pair(tr, Some(te), d)
+        }
+        DataKind::Folder => {
+            let (tr, te) = folder_splits(path)?;
+            labelled_pair(tr, te, format!("image folder {}", path.display()))
+        }
+        DataKind::Cifar10 | DataKind::Cifar100 | DataKind::Mnist => {
+            let open = |split| -> Result<DynDataset, TrainError> {
+                Ok(match config.kind {
+                    DataKind::Cifar10 => Arc::new(swav_data::cifar10(path, split)?),
+                    DataKind::Cifar100 => Arc::new(swav_data::cifar100(
+                        path,
+                        split,
+                        swav_data::Cifar100Label::Fine,
+                    )?),
+                    _ => Arc::new(swav_data::mnist(path, split)?),
+                })
+            };
+            let d = format!("{:?} at {}", config.kind, path.display());
+            labelled_pair(open(Split::Train)?, Some(open(Split::Test)?), d)
+        }
+        DataKind::Stl10 => {
+            let tr: DynDataset = Arc::new(swav_data::stl10(path, Split::Train)?);
+            let te: DynDataset = Arc::new(swav_data::stl10(path, Split::Test)?);
+            let un: DynDataset = Arc::new(Stl10Unlabeled::open(path)?);
+            Splits {
+                train: Arc::new(Concat(tr.clone(), un)),
+                knn_train: Some(tr),
+                knn_test: Some(te),
+                description: format!("STL-10 train + unlabeled at {}", path.display()),
+            }
+        }
+    })
+}
+
 /// Opens the datasets of `config`; a missing or malformed dataset is an error naming it,
 /// before any training work.
 pub fn open_data(
@@ -118,66 +181,12 @@ pub fn open_data(
     knn: (usize, usize),
 ) -> Result<RunData, TrainError> {
     let path = config.path.clone().unwrap_or_default();
-    let (train, knn_train, knn_test, description): (
-        DynDataset,
-        Option<DynDataset>,
-        Option<DynDataset>,
-        String,
-    ) = match config.kind {
-        DataKind::Shapes10 => {
-            let tr: DynDataset =
-                Arc::new(Shapes10::train(config.shapes10_seed, config.shapes10_train));
-            let te: DynDataset =
-                Arc::new(Shapes10::test(config.shapes10_seed, config.shapes10_test));
-            (
-                tr.clone(),
-                Some(tr),
-                Some(te),
-                format!(
-                    "Shapes10 (built in, seed {}): {} train / {} test images",
-                    config.shapes10_seed, config.shapes10_train, config.shapes10_test
-                ),
-            )
-        }
-        DataKind::Folder => {
-            let (tr, te) = folder_splits(&path)?;
-            let d = format!("image folder {}", path.display());
-            (tr.clone(), Some(tr), te, d)
-        }
-        DataKind::Cifar10 | DataKind::Cifar100 | DataKind::Mnist => {
-            let open = |split| -> Result<DynDataset, TrainError> {
-                Ok(match config.kind {
-                    DataKind::Cifar10 => Arc::new(swav_data::cifar10(&path, split)?),
-                    DataKind::Cifar100 => Arc::new(swav_data::cifar100(
-                        &path,
-                        split,
-                        swav_data::Cifar100Label::Fine,
-                    )?),
-                    _ => Arc::new(swav_data::mnist(&path, split)?),
-                })
-            };
-            let tr = open(Split::Train)?;
-            let te = open(Split::Test)?;
-            (
-                tr.clone(),
-                Some(tr),
-                Some(te),
-                format!("{:?} at {}", config.kind, path.display()),
-            )
-        }
-        DataKind::Stl10 => {
-            let tr: DynDataset = Arc::new(swav_data::stl10(&path, Split::Train)?);
-            let te: DynDataset = Arc::new(swav_data::stl10(&path, Split::Test)?);
-            let un: DynDataset = Arc::new(Stl10Unlabeled::open(&path)?);
-            let all: DynDataset = Arc::new(Concat(tr.clone(), un));
-            (
-                all,
-                Some(tr),
-                Some(te),
-                format!("STL-10 train + unlabeled at {}", path.display()),
-            )
-        }
-    };
+    let Splits {
+        train,
+        knn_train,
+        knn_test,
+        description,
+    } = open_splits(config, &path)?;
     let train = limited(train, config.limit, seed)?;
     let classes = knn_train.as_ref().and_then(|d| d.num_classes());
     let labelled =

@@ -179,8 +179,46 @@ pub(crate) fn resume<E: swav_models::TaskBackbone>(
     queues: &mut [Option<EmbeddingQueue>],
     bases: &[Device],
 ) -> Result<(SwavModel<E>, Resumed), TrainError> {
-    let world = bases.len();
-    let base = &bases[0];
+    let state = compatible_state(ckpt, config, iters_per_epoch)?;
+    let model = ckpt.load_model(model)?;
+    optim.import(&ckpt.arrays, &state.optim_steps, &bases[0])?;
+    if let Some(filled) = &state.queue_filled {
+        // Every worker's queue: rank 0's under `queue`, the others' under `queue.rank<r>`.
+        let all_filled = std::iter::once(filled).chain(&state.queue_filled_ranks);
+        for (rank, filled) in all_filled.enumerate() {
+            let queue = stored_queue(ckpt, rank, filled)?;
+            let slot = queues.get_mut(rank).ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "{}: holds a queue for worker {rank}, this run has {} workers",
+                    ckpt.path().display(),
+                    bases.len()
+                ))
+            })?;
+            *slot = Some(EmbeddingQueue::from_state(
+                &queue,
+                &bases[rank].clone().autodiff(),
+            )?);
+        }
+    }
+    Ok((
+        model,
+        Resumed {
+            epoch: state.epoch,
+            next_batch: state.next_batch,
+            iteration: state.iteration,
+            elapsed_s: state.elapsed_s,
+            loss_scaler: state.loss_scaler,
+        },
+    ))
+}
+
+/// The training state of `ckpt`, refused unless it was written by a run of the same `[swav]`
+/// and `[data]` configuration over `iters_per_epoch` iterations an epoch.
+fn compatible_state(
+    ckpt: &Checkpoint,
+    config: &TrainConfig,
+    iters_per_epoch: usize,
+) -> Result<TrainState, TrainError> {
     let path = ckpt.path();
     let state: TrainState = ckpt
         .metadata
@@ -210,48 +248,29 @@ pub(crate) fn resume<E: swav_models::TaskBackbone>(
             state.iters_per_epoch
         )));
     }
-    let model = ckpt.load_model(model)?;
-    optim.import(&ckpt.arrays, &state.optim_steps, base)?;
-    if let Some(filled) = &state.queue_filled {
-        // Every worker's queue: rank 0's under `queue`, the others' under `queue.rank<r>`.
-        let all_filled = std::iter::once(filled).chain(&state.queue_filled_ranks);
-        for (rank, filled) in all_filled.enumerate() {
-            let name = queue_array_name(rank);
-            let a = ckpt.arrays.get(&name).ok_or_else(|| {
-                TrainError::Checkpoint(format!(
-                    "{}: the queue of worker {rank} (`{name}`) is missing",
-                    path.display()
-                ))
-            })?;
-            let qs = QueueState {
-                slots: a.shape.first().copied().unwrap_or(0),
-                len: a.shape.get(1).copied().unwrap_or(0),
-                dim: a.shape.get(2).copied().unwrap_or(0),
-                filled: filled.clone(),
-                values: a.values.clone(),
-            };
-            let slot = queues.get_mut(rank).ok_or_else(|| {
-                TrainError::Checkpoint(format!(
-                    "{}: holds a queue for worker {rank}, this run has {world} workers",
-                    path.display()
-                ))
-            })?;
-            *slot = Some(EmbeddingQueue::from_state(
-                &qs,
-                &bases[rank].clone().autodiff(),
-            )?);
-        }
-    }
-    Ok((
-        model,
-        Resumed {
-            epoch: state.epoch,
-            next_batch: state.next_batch,
-            iteration: state.iteration,
-            elapsed_s: state.elapsed_s,
-            loss_scaler: state.loss_scaler,
-        },
-    ))
+    Ok(state)
+}
+
+/// Worker `rank`'s queue as `ckpt` stores it, with its fill counts `filled`.
+fn stored_queue(
+    ckpt: &Checkpoint,
+    rank: usize,
+    filled: &[usize],
+) -> Result<QueueState, TrainError> {
+    let name = queue_array_name(rank);
+    let a = ckpt.arrays.get(&name).ok_or_else(|| {
+        TrainError::Checkpoint(format!(
+            "{}: the queue of worker {rank} (`{name}`) is missing",
+            ckpt.path().display()
+        ))
+    })?;
+    Ok(QueueState {
+        slots: a.shape.first().copied().unwrap_or(0),
+        len: a.shape.get(1).copied().unwrap_or(0),
+        dim: a.shape.get(2).copied().unwrap_or(0),
+        filled: filled.to_vec(),
+        values: a.values.clone(),
+    })
 }
 
 /// Writes a run's checkpoints.
