@@ -435,6 +435,9 @@ pub fn mnist(dir: impl AsRef<Path>, split: Split) -> Result<InMemoryImages, Data
         be32(&images, 8),
         be32(&images, 12),
     );
+    if rows == 0 || cols == 0 {
+        return Err(bad(&ip, format!("images of {rows} x {cols} pixels")));
+    }
     let per = rows as usize * cols as usize;
     // The header's counts are the file's word: checked, so a corrupt one is refused, not
     // wrapped around.
@@ -450,7 +453,10 @@ pub fn mnist(dir: impl AsRef<Path>, split: Split) -> Result<InMemoryImages, Data
     if be32(&labels, 4) as usize != n || labels.len() != 8 + n {
         return Err(bad(
             &lp,
-            format!("expected {n} labels after an 8-byte header"),
+            format!(
+                "expected {n} labels after an 8-byte header, one per image of {}",
+                ip.display()
+            ),
         ));
     }
     let labels: Vec<Option<usize>> = labels[8..].iter().map(|&l| Some(l as usize)).collect();

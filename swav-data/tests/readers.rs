@@ -358,3 +358,25 @@ fn shapes10_is_deterministic_balanced_and_varied() {
         assert!(distinct.len() > 20, "sample {i} has structure");
     }
 }
+
+/// Corrupt IDX headers the fuzzer found: counts whose product overflows, and images of zero
+/// pixels, are refused naming the images file (they panicked, or named the labels file).
+#[test]
+fn corrupt_idx_headers_are_refused_naming_the_images_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (im, lb) = idx(&[[1, 2, 3, 4, 5, 6]], &[7]);
+    write(&dir.path().join("train-labels-idx1-ubyte"), &lb);
+    for (n, rows, cols) in [(u32::MAX, u32::MAX, u32::MAX), (5, 0, 3), (5, 2, 0)] {
+        let mut bad = im.clone();
+        bad[4..8].copy_from_slice(&n.to_be_bytes());
+        bad[8..12].copy_from_slice(&rows.to_be_bytes());
+        bad[12..16].copy_from_slice(&cols.to_be_bytes());
+        bad.truncate(16);
+        write(&dir.path().join("train-images-idx3-ubyte"), &bad);
+        let e = mnist(dir.path(), Split::Train).expect_err("corrupt header");
+        assert!(
+            e.to_string().contains("train-images-idx3-ubyte"),
+            "{n} x {rows} x {cols}: {e}"
+        );
+    }
+}

@@ -19,6 +19,8 @@ use crate::features::Features;
 
 const MAGIC: &[u8; 8] = b"SWAVFEAT";
 const HEADER: u64 = 32;
+/// The most floats a row may have (64 MiB a row; backbones give 512 to 8,192).
+const MAX_DIM: usize = 1 << 24;
 
 /// Writes a feature file row batch by row batch.
 pub struct FeatureWriter {
@@ -127,6 +129,12 @@ impl FeatureFile {
             )));
         }
         let dim = u32::from_le_bytes([header[12], header[13], header[14], header[15]]) as usize;
+        if dim > MAX_DIM {
+            // A row's buffer is allocated from it: refused before it is believed.
+            return Err(bad(format!(
+                "rows of {dim} floats; a feature file holds at most {MAX_DIM} per row"
+            )));
+        }
         let rows = u64::from_le_bytes(
             header[16..24]
                 .try_into()
@@ -195,7 +203,7 @@ impl FeatureFile {
             .file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut buf = vec![0u8; self.dim * 4];
+        let mut buf = Vec::new();
         for &r in rows {
             if r >= self.labels.len() {
                 return Err(EvalError::invalid(
@@ -203,6 +211,8 @@ impl FeatureFile {
                     format!("{r} is beyond the file's {} rows", self.labels.len()),
                 ));
             }
+            // Sized at the first row read: a row exists, so the file holds its bytes.
+            buf.resize(self.dim * 4, 0);
             read_at(&file, &mut buf, HEADER + (r * self.dim * 4) as u64)
                 .map_err(|e| EvalError::io(&self.path, e))?;
             out.extend(

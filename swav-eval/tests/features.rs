@@ -73,3 +73,29 @@ fn the_eval_transform_keeps_the_central_square() {
         .is_err()
     );
 }
+
+/// Corrupt feature-file headers the fuzzer found: counts whose product overflows, and a row
+/// width of 2^32 - 1 floats in a file of no rows (whose reading allocated 16 GiB), are refused
+/// when the file is opened, naming it.
+#[test]
+fn corrupt_feature_file_headers_are_refused_at_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("x.features");
+    let mut w = swav_eval::FeatureWriter::create(&path, 2).expect("writer");
+    w.append(&[1.0, 2.0], &[Some(0)]).expect("row");
+    w.finish().expect("finished");
+    let good = std::fs::read(&path).expect("read");
+    for (dim, rows) in [(u32::MAX, u64::MAX), (u32::MAX, 0)] {
+        let mut bad = good.clone();
+        bad[12..16].copy_from_slice(&dim.to_le_bytes());
+        bad[16..24].copy_from_slice(&rows.to_le_bytes());
+        if rows == 0 {
+            bad.truncate(32);
+        }
+        std::fs::write(&path, &bad).expect("write");
+        match swav_eval::FeatureFile::open(&path) {
+            Err(e) => assert!(e.to_string().contains("x.features"), "{e}"),
+            Ok(f) => panic!("{dim} x {rows} opened, {} rows", f.len()),
+        }
+    }
+}

@@ -205,10 +205,11 @@ fn fuzz(target: &str, seeds: &[Seed], check: impl Fn(&str, &[u8]) -> bool) {
         refused += r;
         batch += 1;
     }
+    // The process's peak: every target so far (and any running beside this one).
     let peak = ALLOC.stats().peak_live_bytes;
     println!(
         "fuzz {target}: {inputs} inputs in {secs} s, {refused} refused with an error, no panic; \
-         peak of live large blocks {} MiB",
+         the process's peak of live large blocks so far {} MiB",
         peak >> 20
     );
     assert!(
