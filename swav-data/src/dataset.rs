@@ -68,7 +68,8 @@ impl<D: ImageDataset + ?Sized> ImageDataset for Arc<D> {
 pub struct DecodeLimits {
     /// Largest accepted width or height, in pixels.
     pub max_side: u32,
-    /// Largest decoder allocation, in bytes.
+    /// Largest decoder allocation, in bytes; the 8-bit RGB result must fit in it too, so a
+    /// decode holds at most twice this.
     pub max_alloc: u64,
 }
 
@@ -114,12 +115,23 @@ pub fn decode_image(
     if let Ok((w, h)) = header.map_err(|e| e.to_string()).and_then(|mut r| {
         r.no_limits();
         r.into_dimensions().map_err(|e| e.to_string())
-    }) && (w > limits.max_side || h > limits.max_side)
-    {
-        return Err(decode_err(format!(
-            "the header declares {w} x {h} pixels, over the limit of {} a side",
-            limits.max_side
-        )));
+    }) {
+        if w > limits.max_side || h > limits.max_side {
+            return Err(decode_err(format!(
+                "the header declares {w} x {h} pixels, over the limit of {} a side",
+                limits.max_side
+            )));
+        }
+        // The 8-bit RGB result is allocated beside the decoder's buffer: within the budget too.
+        let rgb = u64::from(w) * u64::from(h) * 3;
+        if rgb > limits.max_alloc {
+            return Err(decode_err(format!(
+                "the header declares {w} x {h} pixels: {} MiB as 8-bit RGB, over the limit of \
+                 {} MiB",
+                rgb >> 20,
+                limits.max_alloc >> 20
+            )));
+        }
     }
     let image = reader.decode().map_err(|e| decode_err(e.to_string()))?;
     swav_augment::to_rgb8(&image).map_err(|e| decode_err(e.to_string()))

@@ -380,3 +380,28 @@ fn corrupt_idx_headers_are_refused_naming_the_images_file() {
         );
     }
 }
+
+/// The decoder's budget covers the 8-bit RGB result as well as its own buffer (the fuzzer found
+/// a gray image decoding within the budget whose RGB copy went past it).
+#[test]
+fn the_rgb_result_counts_against_the_decode_budget() {
+    let gray = image::GrayImage::from_pixel(700, 700, image::Luma([90]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    gray.write_to(&mut png, ImageFormat::Png).expect("encode");
+    let limits = swav_data::DecodeLimits {
+        max_side: 16_384,
+        max_alloc: 1 << 20,
+    };
+    // 490 KB decoded fits the 1 MiB budget; 1.47 MB as RGB does not.
+    let e = decode_image(png.get_ref(), Path::new("gray.png"), limits).expect_err("over budget");
+    assert!(
+        e.to_string().contains("gray.png") && e.to_string().contains("8-bit RGB"),
+        "{e}"
+    );
+    let roomy = swav_data::DecodeLimits {
+        max_alloc: 2 << 20,
+        ..limits
+    };
+    let rgb = decode_image(png.get_ref(), Path::new("gray.png"), roomy).expect("fits");
+    assert_eq!(rgb.dimensions(), (700, 700));
+}

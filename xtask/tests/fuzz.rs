@@ -32,8 +32,9 @@ use swav_engine::BlockCache;
 static ALLOC: BlockCache = BlockCache::following_peak();
 
 /// The most memory in large blocks (1 MiB or more) live at once that any input may cost: the
-/// image decoder's own budget (512 MiB) and room for the rest.
-const PEAK_LIMIT: usize = 640 << 20;
+/// image decoder's budget (512 MiB) for its buffer and again for the RGB result, and room for
+/// the rest.
+const PEAK_LIMIT: usize = (2 * 512 + 64) << 20;
 
 /// One edit of a seed file.
 #[derive(Debug, Clone)]
