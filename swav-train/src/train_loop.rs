@@ -418,7 +418,7 @@ impl<'r, 'a, E: TaskBackbone> TrainLoop<'r, 'a, E> {
         self.cursor.iteration += 1;
         self.summary.iterations_this_session += 1;
         self.summary.last_loss = Some(out.loss);
-        let images = config.swav.batch_size * self.world;
+        let images = self.global_batch();
         let step_s = t1.elapsed().as_secs_f64();
         stats.loss_sum += out.loss;
         stats.steps += 1;
@@ -582,7 +582,7 @@ impl<'r, 'a, E: TaskBackbone> TrainLoop<'r, 'a, E> {
 
     /// The observer's view of the step just done.
     fn report_progress(&mut self, loss: f64, lr: f64) {
-        let images = self.parts.config.swav.batch_size * self.world;
+        let images = self.global_batch();
         let rate = self.summary.iterations_this_session as f64 * images as f64
             / self.timer.elapsed_s().max(1e-9);
         self.parts.observer.step(&StepProgress {
@@ -669,7 +669,7 @@ impl<'r, 'a, E: TaskBackbone> TrainLoop<'r, 'a, E> {
             self.summary.collapse_loss,
             s.nmb_prototypes[0],
             s.batch_size,
-            s.batch_size * self.world,
+            self.global_batch(),
             &stats.codes,
         ) {
             self.warn(w);
@@ -698,6 +698,11 @@ impl<'r, 'a, E: TaskBackbone> TrainLoop<'r, 'a, E> {
                 "skipped_files": self.parts.source.skipped().len(),
             }),
         )
+    }
+
+    /// Images per iteration over all workers.
+    fn global_batch(&self) -> usize {
+        self.parts.config.swav.batch_size * self.world
     }
 
     /// Whether to stop now: asked of this process, or of any process of the group (they must
@@ -773,13 +778,13 @@ impl<'r, 'a, E: TaskBackbone> TrainLoop<'r, 'a, E> {
 
     /// The summary's closing figures, the sinks closed and `summary.json` written (rank 0).
     fn write_summary(&mut self) -> Result<(), TrainError> {
+        let images = self.global_batch();
         let summary = &mut self.summary;
         summary.plots.clear();
         for sink in &mut self.parts.sinks {
             summary.plots.extend(sink.close()?);
         }
         let timer = &self.timer;
-        let images = self.parts.config.swav.batch_size * self.world;
         let busy_s = (timer.step_s + timer.data_s).max(1e-9);
         summary.iterations = self.cursor.iteration;
         summary.time_s = timer.elapsed_s();
